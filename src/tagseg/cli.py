@@ -1,0 +1,207 @@
+"""The ``tagseg`` command: one entry point, a sub-command per task or stage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from tagseg import __version__
+from tagseg.errors import TagsegError
+from tagseg.progress import console
+from tagseg.runtime import log_to_run, setup_logging
+
+app = typer.Typer(help="TagSeg: semantic segmentation from image-level tags.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="Inspect and generate datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+out = console  # tables and summaries go to stderr with the progress bars; JSON files carry the data
+
+Workers = Annotated[int, typer.Option("--workers", "-j", min=1, help="Parallel worker threads.")]
+Force = Annotated[bool, typer.Option("--force", help="Recompute even if the output was made with another config.")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
+
+
+def _fmt(value, scale: float = 100.0, digits: int = 2) -> str:
+    return "-" if value is None else f"{value * scale:.{digits}f}"
+
+
+@app.callback(invoke_without_command=True)
+def _root(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+          log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")] = "INFO"
+          ) -> None:
+    if version:
+        typer.echo(f"tagseg {__version__}")
+        raise typer.Exit()
+    setup_logging(log_level)
+
+
+@data_app.command("check")
+def data_check(
+    path: Annotated[Path, typer.Argument(help="Dataset root (VOC layout or images/ + tags CSV).")],
+    split: Annotated[Optional[list[str]], typer.Option("--split", help="Split(s) to check; default: all.")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON.")] = None,
+    workers: Workers = 2,
+) -> None:
+    """Report splits, classes, per-class image counts and every bad file; exit 1 on errors."""
+    from tagseg.data.check import check_dataset
+    from tagseg.data.dataset import open_dataset
+    from tagseg.data.voc import available_splits
+
+    splits = split or None
+    if splits is None:
+        probe = open_dataset(path, None, strict=False)
+        found = list(probe.splits) or ([] if probe.format == "folder" else list(available_splits(path)))
+        splits = found or [None]
+        datasets = [probe] if splits == [None] else [open_dataset(path, s, strict=False) for s in splits]
+    else:
+        datasets = [open_dataset(path, s, strict=False) for s in splits]
+    report = check_dataset(datasets, workers)
+
+    summary = Table(title=f"{path} ({report.format} layout)", show_header=False)
+    summary.add_row("classes", f"{len(report.class_names)} (background + {len(report.class_names) - 1})")
+    for name, size in report.split_sizes.items():
+        summary.add_row(f"{name} images", str(size))
+    summary.add_row("errors", str(len(report.errors)))
+    summary.add_row("warnings", str(len(report.warnings)))
+    out.print(summary)
+    counts = Table(title="images per class")
+    counts.add_column("class")
+    for name in report.class_counts:
+        counts.add_column(name, justify="right")
+    for class_name in report.class_names[1:]:
+        counts.add_row(class_name, *(str(report.class_counts[s][class_name]) for s in report.class_counts))
+    out.print(counts)
+    for (level, kind), count in sorted(report.counts_by_kind().items()):
+        out.print(f"{level}: {kind}: {count}")
+    for problem in report.errors:
+        out.print(f"[red]error[/red] {problem}", markup=True, highlight=False)
+    for problem in report.warnings[:20]:
+        out.print(f"[yellow]warning[/yellow] {problem}", markup=True, highlight=False)
+    if len(report.warnings) > 20:
+        out.print(f"... and {len(report.warnings) - 20} more warnings" + (" (see --json)" if not json_path else ""))
+    if json_path:
+        json_path.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+    if report.errors:
+        raise typer.Exit(1)
+    out.print("[green]no errors[/green]")
+
+
+@data_app.command("synth")
+def data_synth(
+    out_dir: Annotated[Path, typer.Argument(help="Where to write the dataset (VOC layout).")],
+    count: Annotated[int, typer.Option(min=2, help="Number of images.")] = 200,
+    width: Annotated[int, typer.Option(min=32, help="Image width.")] = 160,
+    height: Annotated[int, typer.Option(min=32, help="Image height.")] = 120,
+    val_fraction: Annotated[float, typer.Option(min=0.01, max=0.99, help="Share of images in val.")] = 0.25,
+    max_objects: Annotated[int, typer.Option(min=1, help="Most objects per image.")] = 3,
+    seed: Seed = 0,
+    workers: Workers = 2,
+    force: Force = False,
+) -> None:
+    """Generate the procedural synthetic dataset (known masks; resumable; deterministic from --seed)."""
+    from tagseg.data.make_synthetic import write_synthetic_dataset
+
+    summary = write_synthetic_dataset(out_dir, count, seed, (width, height), val_fraction, max_objects,
+                                      workers=workers, force=force)
+    out.print(f"{out_dir}: {summary['images']} images ({summary['generated_now']} generated now), "
+              f"splits {summary['splits']}")
+
+
+def _parse_thresholds(text: str) -> tuple[float, ...]:
+    try:
+        start, stop, step = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise typer.BadParameter("use START:STOP:STEP, e.g. 0:1:0.01") from None
+    if step <= 0 or stop <= start:
+        raise typer.BadParameter("need STOP > START and STEP > 0")
+    import numpy as np
+
+    return tuple(round(float(t), 6) for t in np.arange(start, stop, step))
+
+
+@app.command("eval")
+def eval_command(
+    prediction: Annotated[Path, typer.Argument(help="Folder of <id>.png masks or <id>.npz score maps.")],
+    truth: Annotated[Path, typer.Argument(help="Dataset root, or a folder of ground-truth PNG masks.")],
+    split: Annotated[Optional[str], typer.Option(help="Dataset split to score (default: all with masks).")] = None,
+    classes: Annotated[Optional[Path], typer.Option(help="Class names file, for a plain mask folder.")] = None,
+    thresholds: Annotated[str, typer.Option(help="Background threshold grid for score maps, START:STOP:STEP.")]
+    = "0:1:0.01",
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Where to write the JSON result.")] = None,
+    workers: Workers = 2,
+) -> None:
+    """mIoU, per-class IoU / precision / recall, pixel accuracy, mFP / mFN (SILOP eq. 3).
+
+    Score maps without background are scored at every background threshold of the grid;
+    the best one is reported with the whole curve in the JSON.
+    """
+    from tagseg.data.dataset import open_dataset
+    from tagseg.evaluate import GroundTruth, evaluate
+    from tagseg.rundir import MANIFEST
+
+    if (truth / "JPEGImages").is_dir() or (truth / "images").is_dir():
+        ground_truth = GroundTruth.from_dataset(open_dataset(truth, split))
+    else:
+        ground_truth = GroundTruth.from_folder(truth, classes)
+    result = evaluate(prediction, ground_truth, workers, _parse_thresholds(thresholds))
+    metrics = result["metrics"]
+    table = Table(title=f"{prediction} vs {ground_truth.source}")
+    for column in ("class", "IoU", "precision", "recall", "FP/TP", "FN/TP"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, row in metrics["per_class"].items():
+        table.add_row(name, _fmt(row["iou"]), _fmt(row["precision"]), _fmt(row["recall"]),
+                      _fmt(row["fp_over_tp"], 1, 3), _fmt(row["fn_over_tp"], 1, 3))
+    out.print(table)
+    threshold = "" if result["threshold"] is None else f"  (background threshold {result['threshold']:.2f})"
+    out.print(f"mIoU {_fmt(metrics['miou'])}  pixel accuracy {_fmt(metrics['pixel_accuracy'])}  "
+              f"mFP {_fmt(metrics['mfp'], 1, 3)}  mFN {_fmt(metrics['mfn'], 1, 3)}  "
+              f"images {result['num_images']}{threshold}")
+    if json_path is None:
+        in_run = (prediction / MANIFEST).exists()
+        json_path = prediction / f"eval_{split or 'all'}.json" if in_run else Path(f"eval_{prediction.name}.json")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    out.print(f"wrote {json_path}")
+
+
+@app.command("prior")
+def prior_command(
+    dataset_path: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset root.")],
+    run: Annotated[Path, typer.Argument(help="Run directory; writes RUN/prior/.")],
+    split: Annotated[str, typer.Option(help="Split to process.")] = "train",
+    sigma: Annotated[float, typer.Option(help="Gaussian width as a fraction of the image side.")] = 0.3,
+    workers: Workers = 2,
+    force: Force = False,
+) -> None:
+    """Tags-only baseline: a centred Gaussian score map per tagged class (the floor to beat)."""
+    from tagseg.data.dataset import open_dataset
+    from tagseg.stages.prior import PriorConfig, run_prior
+
+    log_to_run(run)
+    dataset = open_dataset(dataset_path, split)
+    manifest = run_prior(dataset, run, PriorConfig(sigma=sigma), force=force, workers=workers)
+    metrics = manifest.get("metrics")
+    if metrics:
+        out.print(f"prior: mIoU {_fmt(metrics['miou'])} at background threshold {manifest['threshold']:.2f}")
+
+
+def main() -> None:
+    try:
+        app()
+    except TagsegError as error:
+        logging.getLogger("tagseg").debug("error", exc_info=True)
+        console.print(f"[red]error:[/red] {error}", markup=True, highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted; finished files are kept, rerun the same command to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Score a folder of predictions (masks or score maps) against ground-truth masks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tagseg.artifacts import load_score_map
+from tagseg.data.dataset import Dataset, read_class_names
+from tagseg.data.imageio import read_mask
+from tagseg.errors import DataError
+from tagseg.metrics import ConfusionMatrix, ThresholdSweep, labels_from_scores, scores_from_confusion
+from tagseg.progress import parallel_map
+
+DEFAULT_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.0, 1.0, 0.01))
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """Ground-truth mask files by image id, with the class names they index."""
+
+    masks: dict[str, Path]
+    class_names: tuple[str, ...]
+    source: str
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset) -> "GroundTruth":
+        masks = {r.id: r.mask_path for r in dataset.records if r.mask_path is not None}
+        if not masks:
+            raise DataError(f"{dataset.root}: split {dataset.split!r} has no ground-truth masks to evaluate against")
+        return cls(masks, dataset.class_names, f"{dataset.root} ({dataset.split or 'all'})")
+
+    @classmethod
+    def from_folder(cls, folder: Path, classes_file: Path | None) -> "GroundTruth":
+        candidates = [classes_file] if classes_file else [folder / "classes.txt", folder.parent / "classes.txt"]
+        found = next((c for c in candidates if c is not None and c.exists()), None)
+        if found is None:
+            raise DataError(f"{folder}: a folder of masks needs its class names: pass --classes FILE "
+                            "(one name per line, background first)")
+        masks = {p.stem: p for p in sorted(folder.glob("*.png")) if not p.name.startswith(".")}
+        if not masks:
+            raise DataError(f"{folder}: no PNG masks found")
+        return cls(masks, read_class_names(found), str(folder))
+
+
+def prediction_kind(folder: Path) -> str:
+    """'masks' when the folder holds PNG masks, else 'scores' when it holds npz score maps."""
+    visible = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    if any(p.suffix == ".png" for p in visible):
+        return "masks"
+    if any(p.suffix == ".npz" for p in visible):
+        return "scores"
+    raise DataError(f"{folder}: no predictions found (expected <id>.png masks or <id>.npz score maps)")
+
+
+def _paired(prediction_dir: Path, truth: GroundTruth, suffix: str) -> list[tuple[str, Path, Path]]:
+    pairs = [(i, prediction_dir / f"{i}{suffix}", path) for i, path in truth.masks.items()]
+    missing = [i for i, p, _ in pairs if not p.exists()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise DataError(f"{prediction_dir}: {len(missing)} of {len(pairs)} images have no prediction "
+                        f"<id>{suffix} (e.g. {shown})")
+    return pairs
+
+
+def _read_pair(truth_path: Path, prediction: np.ndarray, prediction_path: Path, num_classes: int) -> np.ndarray:
+    truth = read_mask(truth_path, num_classes)
+    if truth.shape != prediction.shape[-2:]:
+        raise DataError(f"{prediction_path}: prediction is {prediction.shape[-1]}x{prediction.shape[-2]} but "
+                        f"ground truth {truth_path.name} is {truth.shape[1]}x{truth.shape[0]}")
+    return truth
+
+
+def evaluate_masks(prediction_dir: Path, truth: GroundTruth, workers: int = 1) -> dict:
+    num_classes = len(truth.class_names)
+    confusion = ConfusionMatrix(num_classes)
+    pairs = _paired(prediction_dir, truth, ".png")
+
+    def load(pair):
+        _, prediction_path, truth_path = pair
+        prediction = read_mask(prediction_path, num_classes)
+        return _read_pair(truth_path, prediction, prediction_path, num_classes), prediction
+
+    for gt, prediction in parallel_map(load, pairs, len(pairs), "evaluating", workers):
+        confusion.update(gt, prediction)
+    return {"kind": "masks", "num_images": len(pairs), "threshold": None,
+            "metrics": confusion.scores(truth.class_names), "curve": []}
+
+
+def evaluate_scores(prediction_dir: Path, truth: GroundTruth, thresholds=DEFAULT_THRESHOLDS,
+                    workers: int = 1) -> dict:
+    """Score maps: with a background channel, argmax; without, sweep the background threshold."""
+    num_classes = len(truth.class_names)
+    pairs = _paired(prediction_dir, truth, ".npz")
+    sweep = ThresholdSweep(np.asarray(thresholds), num_classes)
+    confusion = ConfusionMatrix(num_classes)
+    with_background = 0
+
+    def load(pair):
+        _, prediction_path, truth_path = pair
+        scores, classes = load_score_map(prediction_path)
+        return _read_pair(truth_path, scores, prediction_path, num_classes), scores, classes
+
+    for gt, scores, classes in parallel_map(load, pairs, len(pairs), "evaluating", workers):
+        if 0 in classes:
+            with_background += 1
+            confusion.update(gt, labels_from_scores(scores, classes, None))
+        else:
+            sweep.update(gt, scores, classes)
+    if with_background and with_background < len(pairs):
+        raise DataError(f"{prediction_dir}: some score maps have a background channel and some do not")
+    if with_background:
+        return {"kind": "scores", "num_images": len(pairs), "threshold": None,
+                "metrics": confusion.scores(truth.class_names), "curve": []}
+    curve = sweep.curve(truth.class_names)
+    best = max(range(len(curve)), key=lambda k: -1.0 if curve[k]["miou"] is None else curve[k]["miou"])
+    return {"kind": "scores", "num_images": len(pairs), "threshold": curve[best]["threshold"],
+            "metrics": scores_from_confusion(sweep.matrices()[best], truth.class_names), "curve": curve}
+
+
+def evaluate(prediction_dir: Path, truth: GroundTruth, workers: int = 1,
+             thresholds=DEFAULT_THRESHOLDS) -> dict:
+    """Evaluate whatever the folder holds; the result is JSON-ready."""
+    prediction_dir = Path(prediction_dir)
+    if not prediction_dir.is_dir():
+        raise DataError(f"{prediction_dir}: prediction folder not found")
+    if prediction_kind(prediction_dir) == "masks":
+        result = evaluate_masks(prediction_dir, truth, workers)
+    else:
+        result = evaluate_scores(prediction_dir, truth, thresholds, workers)
+    return {"prediction": str(prediction_dir), "ground_truth": truth.source, **result}
