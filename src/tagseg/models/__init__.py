@@ -1,0 +1,1 @@
+"""Networks: backbone feature extractors and the heads built on them."""
