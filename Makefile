@@ -19,7 +19,9 @@ demo: $(BIN)/tagseg
 	$(BIN)/tagseg data synth $(DEMO)/data --count 200
 	$(BIN)/tagseg data check $(DEMO)/data
 	$(BIN)/tagseg prior $(DEMO)/data $(DEMO)/run --split train
-	$(BIN)/tagseg eval $(DEMO)/run/prior $(DEMO)/data --split train
+	$(BIN)/tagseg train-cam $(DEMO)/data $(DEMO)/run --set epochs=6 --set crop_size=160 --set lr=0.001
+	$(BIN)/tagseg make-cam $(DEMO)/data $(DEMO)/run --set "scales=[1.0, 1.5]"
+	$(BIN)/tagseg eval $(DEMO)/run/make_cam $(DEMO)/data --split train
 
 test: $(BIN)/tagseg
 	$(BIN)/python -m pytest -q

@@ -24,7 +24,8 @@ def tagseg(*args, cwd=None, check=True):
     return result
 
 
-@pytest.mark.parametrize("command", [[], ["data"], ["data", "check"], ["data", "synth"], ["eval"], ["prior"]])
+@pytest.mark.parametrize("command", [[], ["data"], ["data", "check"], ["data", "synth"], ["eval"], ["prior"],
+                                     ["train-cam"], ["make-cam"]])
 def test_every_command_has_help(command):
     result = tagseg(*command, "--help")
     assert "Usage: " in result.stdout
@@ -126,3 +127,31 @@ def test_data_check_on_msrc_voc():
     result = tagseg("data", "check", SHARED_MSRC)
     assert "train images │ 346" in result.stderr and "val images   │ 148" in result.stderr
     assert "15 (background + 14)" in result.stderr and "no errors" in result.stderr
+
+
+def test_train_cam_and_make_cam_commands(tmp_path):
+    data = tmp_path / "data"
+    tagseg("data", "synth", data, "--count", 12, "--width", 64, "--height", 48)
+    config = tmp_path / "cam.yaml"
+    config.write_text("epochs: 1\nbatch_size: 4\ncrop_size: 64\nlr: 0.001\n")
+    trained = tagseg("train-cam", data, tmp_path / "run", "--config", config, "--set", "head=attention",
+                     "--device", "cpu")
+    assert "mAP" in trained.stderr
+    manifest = json.loads((tmp_path / "run" / "train_cam" / "manifest.json").read_text())
+    assert manifest["config"]["head"] == "attention" and manifest["config"]["epochs"] == 1
+    made = tagseg("make-cam", data, tmp_path / "run", "--set", "scales=[1.0]", "--device", "cpu")
+    assert "label-free threshold" in made.stderr
+    assert len(list((tmp_path / "run" / "make_cam").glob("synth_*.npz"))) == 9
+
+
+def test_stage_command_errors_are_clear(tmp_path, make_voc):
+    root = make_voc()
+    bad = tagseg("train-cam", root, tmp_path / "run", "--set", "epoch=3", check=False)
+    assert bad.returncode == 2 and "epoch: unknown key" in bad.stderr
+    missing = tagseg("make-cam", root, tmp_path / "run", check=False)
+    assert missing.returncode == 2 and "no trained CAM model" in missing.stderr
+    import torch
+
+    if not torch.cuda.is_available():
+        no_gpu = tagseg("train-cam", root, tmp_path / "run", "--device", "cuda", check=False)
+        assert no_gpu.returncode == 2 and "no CUDA GPU" in no_gpu.stderr

@@ -81,3 +81,13 @@ def test_threshold_sweep_equals_per_threshold_reference():
             cm.update(truth, labels_from_scores(scores, classes, t))
     for matrix, cm in zip(sweep.matrices(), reference):
         np.testing.assert_array_equal(matrix, cm.matrix[:, :5])
+
+
+def test_otsu_threshold_splits_two_modes_and_survives_one_mode():
+    from tagseg.metrics import otsu_threshold
+
+    edges = np.linspace(0, 1, 11)
+    two_modes = np.array([50, 30, 5, 0, 0, 0, 0, 10, 40, 20])
+    assert 0.2 <= otsu_threshold(two_modes, edges) <= 0.7
+    assert otsu_threshold(np.array([9, 0, 0, 0, 0, 0, 0, 0, 0, 0]), edges) == pytest.approx(0.05)
+    assert otsu_threshold(np.zeros(10, int), edges) == 0.5

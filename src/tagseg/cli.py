@@ -25,6 +25,9 @@ out = console  # tables and summaries go to stderr with the progress bars; JSON 
 Workers = Annotated[int, typer.Option("--workers", "-j", min=1, help="Parallel worker threads.")]
 Force = Annotated[bool, typer.Option("--force", help="Recompute even if the output was made with another config.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+ConfigFile = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file with the stage config.")]
+Overrides = Annotated[Optional[list[str]], typer.Option("--set", help="Override one config key: KEY=VALUE.")]
 
 
 def _fmt(value, scale: float = 100.0, digits: int = 2) -> str:
@@ -189,6 +192,89 @@ def prior_command(
     metrics = manifest.get("metrics")
     if metrics:
         out.print(f"prior: mIoU {_fmt(metrics['miou'])} at background threshold {manifest['threshold']:.2f}")
+
+
+def _stage_datasets(dataset_path: Path, split: str, eval_split: Optional[str] = None):
+    from tagseg.data.dataset import open_dataset
+
+    dataset = open_dataset(dataset_path, split)
+    for kind, count in dataset.warning_counts().items():
+        logging.getLogger("tagseg").warning("%s: %d image(s) (run `tagseg data check` for the list)", kind, count)
+    return dataset, open_dataset(dataset_path, eval_split) if eval_split else None
+
+
+def _print_cam_scores(stage: str, manifest: dict) -> None:
+    if manifest.get("metrics"):
+        free = manifest["label_free"]
+        out.print(f"{stage}: mIoU {_fmt(manifest['metrics']['miou'])} at the oracle background threshold "
+                  f"{manifest['threshold']:.2f}; {_fmt(free['metrics']['miou'])} at the label-free threshold "
+                  f"{free['threshold']:.3f}")
+    elif manifest.get("label_free"):
+        out.print(f"{stage}: label-free background threshold {manifest['label_free']['threshold']:.3f}")
+
+
+@app.command("train-cam")
+def train_cam_command(
+    dataset_path: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset root.")],
+    run: Annotated[Path, typer.Argument(help="Run directory; writes RUN/train_cam/.")],
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    split: Annotated[str, typer.Option(help="Split whose tags train the classifier.")] = "train",
+    eval_split: Annotated[Optional[str], typer.Option(help="Split whose tags score the classifier (mAP); "
+                                                           "'none' to skip.")] = "val",
+    device: Device = "auto",
+    workers: Workers = 2,
+    force: Force = False,
+) -> None:
+    """Train the multi-label classifier from tags (CAM, Puzzle-CAM, attention pooling or dilated blocks).
+
+    Keys (set in --config YAML or with --set): backbone, weights, head (cam|puzzle|attention|dilated),
+    epochs, batch_size, crop_size, scale_range, optimizer (sgd|adamw), lr, head_lr_multiplier,
+    momentum, weight_decay, freeze_bn, puzzle_alpha, attention_intensity, dilations, lambda_cls,
+    dense_at_inference, seed. A checkpoint is written every epoch; rerunning resumes.
+    """
+    from tagseg.config import load_config
+    from tagseg.data.dataset import list_splits
+    from tagseg.runtime import resolve_device
+    from tagseg.stages.train_cam import CamTrainConfig, train_cam
+
+    settings = load_config(CamTrainConfig, config, overrides)
+    log_to_run(run)
+    if eval_split not in list_splits(dataset_path):
+        if eval_split != "none":
+            logging.getLogger("tagseg").info("no split %r: the classifier's mAP is not measured", eval_split)
+        eval_split = None
+    dataset, held_out = _stage_datasets(dataset_path, split, eval_split)
+    manifest = train_cam(dataset, run, settings, device=resolve_device(device), workers=workers,
+                         eval_dataset=held_out, force=force)
+    if manifest.get("classification"):
+        out.print(f"train_cam: mAP {_fmt(manifest['classification']['map'])} on {eval_split} tags")
+
+
+@app.command("make-cam")
+def make_cam_command(
+    dataset_path: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset root.")],
+    run: Annotated[Path, typer.Argument(help="Run directory with a trained RUN/train_cam/; writes RUN/make_cam/.")],
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    split: Annotated[str, typer.Option(help="Split to make CAMs for.")] = "train",
+    device: Device = "auto",
+    workers: Workers = 2,
+    force: Force = False,
+) -> None:
+    """Multi-scale + flip CAMs of the tagged classes, scored at the oracle and label-free thresholds.
+
+    Keys: scales (default [0.5, 1, 1.5, 2]), flip (true), batch_size (images of one size per pass).
+    """
+    from tagseg.config import load_config
+    from tagseg.runtime import resolve_device
+    from tagseg.stages.make_cam import STAGE, MakeCamConfig, make_cams
+
+    settings = load_config(MakeCamConfig, config, overrides)
+    log_to_run(run)
+    dataset, _ = _stage_datasets(dataset_path, split)
+    _print_cam_scores(STAGE, make_cams(dataset, run, settings, device=resolve_device(device), workers=workers,
+                                       force=force))
 
 
 def main() -> None:

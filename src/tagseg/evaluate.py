@@ -11,10 +11,40 @@ from tagseg.artifacts import load_score_map
 from tagseg.data.dataset import Dataset, read_class_names
 from tagseg.data.imageio import read_mask
 from tagseg.errors import DataError
-from tagseg.metrics import ConfusionMatrix, ThresholdSweep, labels_from_scores, scores_from_confusion
+from tagseg.metrics import (
+    ConfusionMatrix, ThresholdSweep, labels_from_scores, otsu_threshold, scores_from_confusion,
+)
 from tagseg.progress import parallel_map
 
 DEFAULT_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.0, 1.0, 0.01))
+SCORE_BINS = np.linspace(0.0, 1.0, 201)
+
+
+def best_score_histogram(scores: np.ndarray) -> np.ndarray:
+    """Histogram of each pixel's best class score (0 where no class is tagged) over [0, 1]."""
+    best = scores.max(axis=0) if len(scores) else np.zeros(scores.shape[1:], np.float32)
+    return np.histogram(np.clip(best, 0.0, 1.0), bins=SCORE_BINS)[0]
+
+
+def label_free_threshold(histogram: np.ndarray) -> float:
+    """A background threshold chosen without ground truth: Otsu's split of the best-score histogram.
+
+    CAM scores are bimodal (background near 0, objects near 1); the split between the modes
+    is where a pixel is as likely to belong to either.
+    """
+    return round(otsu_threshold(histogram, SCORE_BINS), 3)
+
+
+def label_free_threshold_of(prediction_dir: Path, ids: list[str], workers: int = 1) -> float:
+    """The label-free threshold of a folder of score maps (no ground truth needed)."""
+    histogram = np.zeros(len(SCORE_BINS) - 1, np.int64)
+
+    def load(item_id: str) -> np.ndarray:
+        return best_score_histogram(load_score_map(prediction_dir / f"{item_id}.npz")[0])
+
+    for counts in parallel_map(load, ids, len(ids), "score histogram", workers):
+        histogram += counts
+    return label_free_threshold(histogram)
 
 
 @dataclass(frozen=True)
@@ -96,6 +126,7 @@ def evaluate_scores(prediction_dir: Path, truth: GroundTruth, thresholds=DEFAULT
     pairs = _paired(prediction_dir, truth, ".npz")
     sweep = ThresholdSweep(np.asarray(thresholds), num_classes)
     confusion = ConfusionMatrix(num_classes)
+    histogram = np.zeros(len(SCORE_BINS) - 1, np.int64)
     with_background = 0
 
     def load(pair):
@@ -109,15 +140,21 @@ def evaluate_scores(prediction_dir: Path, truth: GroundTruth, thresholds=DEFAULT
             confusion.update(gt, labels_from_scores(scores, classes, None))
         else:
             sweep.update(gt, scores, classes)
+            histogram += best_score_histogram(scores)
     if with_background and with_background < len(pairs):
         raise DataError(f"{prediction_dir}: some score maps have a background channel and some do not")
     if with_background:
         return {"kind": "scores", "num_images": len(pairs), "threshold": None,
                 "metrics": confusion.scores(truth.class_names), "curve": []}
     curve = sweep.curve(truth.class_names)
+    matrices = sweep.matrices()
     best = max(range(len(curve)), key=lambda k: -1.0 if curve[k]["miou"] is None else curve[k]["miou"])
+    free = label_free_threshold(histogram)
+    nearest = int(np.argmin(np.abs(sweep.thresholds - free)))
     return {"kind": "scores", "num_images": len(pairs), "threshold": curve[best]["threshold"],
-            "metrics": scores_from_confusion(sweep.matrices()[best], truth.class_names), "curve": curve}
+            "metrics": scores_from_confusion(matrices[best], truth.class_names), "curve": curve,
+            "label_free": {"threshold": free, "grid_threshold": curve[nearest]["threshold"],
+                           "metrics": scores_from_confusion(matrices[nearest], truth.class_names)}}
 
 
 def evaluate(prediction_dir: Path, truth: GroundTruth, workers: int = 1,

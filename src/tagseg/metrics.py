@@ -158,3 +158,31 @@ class ThresholdSweep:
             curve.append({"threshold": round(float(threshold), 6), "miou": s["miou"], "mfp": s["mfp"],
                           "mfn": s["mfn"]})
         return curve
+
+
+def average_precision(scores: np.ndarray, targets: np.ndarray) -> dict:
+    """Per-class average precision of image-level scores (N, K) against multi-hot targets; mAP over
+    classes with at least one positive."""
+    per_class = []
+    for k in range(targets.shape[1]):
+        positives = targets[:, k] > 0
+        if not positives.any():
+            per_class.append(None)
+            continue
+        order = np.argsort(-scores[:, k], kind="stable")
+        hits = positives[order]
+        precision_at_hit = np.cumsum(hits)[hits] / (np.flatnonzero(hits) + 1)
+        per_class.append(float(precision_at_hit.mean()))
+    defined = [ap for ap in per_class if ap is not None]
+    return {"map": float(np.mean(defined)) if defined else None, "per_class": per_class}
+
+
+def otsu_threshold(scores_histogram: np.ndarray, bin_edges: np.ndarray) -> float:
+    """Otsu's threshold of a score histogram: the label-free split between low and high scores."""
+    from skimage.filters import threshold_otsu
+
+    centres = (bin_edges[:-1] + bin_edges[1:]) / 2
+    occupied = np.flatnonzero(scores_histogram)
+    if occupied.size < 2:  # every score in one bin: no split exists, any threshold separates nothing
+        return float(centres[occupied[0]]) if occupied.size else 0.5
+    return float(threshold_otsu(hist=(scores_histogram, centres)))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.logging import RichHandler
 
+from tagseg.errors import ConfigError
 from tagseg.progress import console
 
 LOG_FILE = "tagseg.log"
@@ -29,3 +30,16 @@ def log_to_run(run_dir: Path) -> None:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
+
+
+def resolve_device(name: str = "auto") -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; asking for a missing GPU is an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA GPU is visible to torch (use --device cpu or auto)")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ConfigError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
+    return name

@@ -221,6 +221,20 @@ def find_images(directory: Path, problems: list[Problem]) -> dict[str, Path]:
     return found
 
 
+def list_splits(root: Path | str) -> list[str]:
+    """Names of the splits a dataset defines (VOC split files, or the folder CSV's split column)."""
+    from tagseg.data.folder import TAG_FILES
+    from tagseg.data.voc import available_splits
+
+    root = Path(root)
+    if (root / "JPEGImages").is_dir():
+        return list(available_splits(root))
+    tags_csv = next((root / name for name in TAG_FILES if (root / name).exists()), None)
+    if tags_csv is None:
+        return []
+    return sorted({row.split for row in read_tags_csv(tags_csv, []).values() if row.split})
+
+
 def open_dataset(root: Path | str, split: str | None = None, *, strict: bool = True) -> Dataset:
     """Open a dataset, detecting its layout: PASCAL VOC (``JPEGImages/``) or a folder (``images/``).
 

@@ -1,0 +1,47 @@
+"""Image transforms for training and inference (numpy / OpenCV in, float tensors out)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+
+def normalize(image: np.ndarray, mean, std) -> np.ndarray:
+    """uint8 RGB (H, W, 3) -> float32 (3, H, W) normalised for a backbone."""
+    scaled = image.astype(np.float32) / 255.0
+    return ((scaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).transpose(2, 0, 1)
+
+
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def random_scale_flip_crop(image: np.ndarray, rng: np.random.Generator, crop: int,
+                           scale_range: tuple[float, float]) -> np.ndarray:
+    """Rescale so the long side is crop * U(scale_range), flip half the time, crop/pad to crop x crop.
+
+    Returns the uint8 crop and a boolean mask of real (non-padded) pixels; callers zero the
+    padding after normalisation (the backbone's mean colour), as the reference code does.
+    """
+    height, width = image.shape[:2]
+    long_side = crop * rng.uniform(*scale_range)
+    factor = long_side / max(height, width)
+    new_h, new_w = max(1, round(height * factor)), max(1, round(width * factor))
+    image = resize(image, new_h, new_w)
+    if rng.random() < 0.5:
+        image = image[:, ::-1]
+    top = int(rng.integers(0, new_h - crop + 1)) if new_h > crop else 0
+    left = int(rng.integers(0, new_w - crop + 1)) if new_w > crop else 0
+    piece = image[top:top + crop, left:left + crop]
+    out_top = int(rng.integers(0, crop - piece.shape[0] + 1))
+    out_left = int(rng.integers(0, crop - piece.shape[1] + 1))
+    canvas = np.zeros((crop, crop, 3), np.uint8)
+    valid = np.zeros((crop, crop), bool)
+    canvas[out_top:out_top + piece.shape[0], out_left:out_left + piece.shape[1]] = piece
+    valid[out_top:out_top + piece.shape[0], out_left:out_left + piece.shape[1]] = True
+    return canvas, valid
+
+
+def to_batch(images: list[np.ndarray], mean, std) -> torch.Tensor:
+    return torch.from_numpy(np.stack([normalize(i, mean, std) for i in images]))

@@ -1,0 +1,46 @@
+"""The papers' losses, each a small pure function of tensors."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def multilabel_soft_margin(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Puzzle-CAM eq. 2-3 / dissertation eq. 2.1: mean over classes of -log sigma(+-z)."""
+    return F.multilabel_soft_margin_loss(logits, targets)
+
+
+def puzzle_reconstruction(full_cams: torch.Tensor, merged_cams: torch.Tensor) -> torch.Tensor:
+    """Puzzle-CAM eq. 6: L1 distance between the full image's CAMs and the merged tile CAMs (mean)."""
+    return (full_cams - merged_cams).abs().mean()
+
+
+def puzzle_alpha(step: int, total_steps: int, alpha_max: float = 4.0) -> float:
+    """The weight of the reconstruction loss, ramped linearly to its maximum over the first half of training."""
+    half = max(1, total_steps // 2)
+    return alpha_max * min(1.0, step / half)
+
+
+def attention_pooling(cams: torch.Tensor, intensity: float = 1e-3) -> torch.Tensor:
+    """BES eq. 6-7: class scores as a softmax(k * M)-weighted sum of the localisation map (B, K, h, w) -> (B, K)."""
+    flat = cams.flatten(2)
+    weights = torch.softmax(intensity * flat, dim=-1)
+    return (flat * weights).sum(-1)
+
+
+def dense_cam(standard: torch.Tensor, dilated: list[torch.Tensor]) -> torch.Tensor:
+    """Dissertation §2.3.1: M = max(M0, mean_i Mi), the standard block's CAM widened by the dilated blocks'."""
+    return torch.maximum(standard, torch.stack(dilated).mean(0))
+
+
+def dilated_cam_loss(standard: torch.Tensor, dense: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Dissertation eq. 2.2: MSE between ReLU(M) and ReLU(M0) over present classes, divided by C |S|.
+
+    The dense CAM is the target (no gradient flows into it), pulling M0 towards the regions
+    the dilated blocks found.
+    """
+    batch, classes = targets.shape
+    positions = standard.shape[-2] * standard.shape[-1]
+    squared = (F.relu(dense.detach()) - F.relu(standard)) ** 2 * targets[:, :, None, None]
+    return squared.sum() / (classes * positions * batch)

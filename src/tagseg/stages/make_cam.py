@@ -1,0 +1,112 @@
+"""The 'make_cam' stage: multi-scale, flipped CAMs of the tagged classes for every image.
+
+For each scale (default 0.5, 1, 1.5, 2) the image and its mirror go through the network,
+the ReLU'd CAMs are resized to the image size and summed; only tagged classes are kept
+and each is divided by its maximum. Images of one size are batched together. Output:
+``<run>/make_cam/<id>.npz`` (float16 scores + class indices), then scores: oracle
+threshold and curve when masks exist, and a label-free threshold always.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from itertools import groupby
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tagseg.artifacts import save_score_map
+from tagseg.data.dataset import Dataset, Record
+from tagseg.data.imageio import image_size, read_image
+from tagseg.data.transforms import resize, to_batch
+from tagseg.evaluate import GroundTruth, evaluate_scores, label_free_threshold_of
+from tagseg.models.cam import CamNet, upsampled_cams
+from tagseg.progress import parallel_map
+from tagseg.rundir import stage_dir
+from tagseg.stages.train_cam import MODEL_FILE, STAGE as TRAIN_STAGE, load_cam_net
+
+STAGE = "make_cam"
+log = logging.getLogger(__name__)
+
+
+class MakeCamConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scales: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
+    flip: bool = True
+    batch_size: int = Field(4, ge=1, description="images of the same size per forward pass")
+
+    @field_validator("scales")
+    @classmethod
+    def _positive(cls, scales):
+        if not scales or min(scales) <= 0:
+            raise ValueError("scales must be a non-empty list of positive factors")
+        return scales
+
+
+@torch.no_grad()
+def multiscale_cams(net: CamNet, images: list[np.ndarray], scales, flip: bool, device: str) -> torch.Tensor:
+    """Summed CAMs (N, K, H, W) of same-sized images over scales (and mirror images)."""
+    height, width = images[0].shape[:2]
+    total = None
+    for scale in scales:
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        scaled = [resize(image, *size) for image in images]
+        batch = to_batch(scaled + ([np.ascontiguousarray(i[:, ::-1]) for i in scaled] if flip else []),
+                         net.backbone.mean, net.backbone.std).to(device)
+        with torch.autocast("cuda", enabled=device.startswith("cuda")):
+            cams = upsampled_cams(net, batch, (height, width)).float()
+        if flip:
+            cams = cams[: len(images)] + cams[len(images):].flip(-1)
+        total = cams if total is None else total + cams
+    return total
+
+
+def normalized_tagged(cams: torch.Tensor, labels: tuple[int, ...]) -> np.ndarray:
+    """Keep the tagged classes (labels are 1-based) and divide each by its maximum."""
+    if not labels:
+        return np.zeros((0, *cams.shape[-2:]), np.float32)
+    kept = cams[[c - 1 for c in labels]]
+    peak = kept.flatten(1).max(dim=1).values.clamp_min(1e-5)
+    return (kept / peak[:, None, None]).cpu().numpy()
+
+
+def make_cams(dataset: Dataset, run: Path, config: MakeCamConfig, *, device: str = "cpu", workers: int = 1,
+              force: bool = False) -> dict:
+    model_path = Path(run) / TRAIN_STAGE / MODEL_FILE
+    net, saved = load_cam_net(model_path, device)
+    stage_config = {**config.model_dump(), "model": str(model_path.resolve()),
+                    "model_mtime": model_path.stat().st_mtime_ns,
+                    "dataset": str(dataset.root.resolve()), "split": dataset.split}
+    with stage_dir(run, STAGE, stage_config, force=force) as stage:
+        todo = [dataset.record(i) for i in stage.pending(dataset.ids, ".npz")]
+        log.info("make_cam: %d of %d images to do", len(todo), len(dataset))
+        sizes = {r.id: image_size(r.image_path) for r in todo}
+        todo.sort(key=lambda r: sizes[r.id])
+        batches: list[list[Record]] = []
+        for _, same_size in groupby(todo, key=lambda r: sizes[r.id]):
+            group = list(same_size)
+            batches += [group[i:i + config.batch_size] for i in range(0, len(group), config.batch_size)]
+
+        def load(batch: list[Record]):
+            return batch, [read_image(r.image_path)[0] for r in batch]
+
+        started = time.perf_counter()
+        for batch, images in parallel_map(load, batches, len(batches), f"make_cam ({len(todo)} images)", workers):
+            cams = multiscale_cams(net, images, config.scales, config.flip, device)
+            for record, image_cams in zip(batch, cams):
+                save_score_map(stage.item_path(record.id, ".npz"), normalized_tagged(image_cams, record.labels),
+                               record.labels)
+        if todo:
+            stage.record(items_computed=len(todo),
+                         images_per_second=round(len(todo) / (time.perf_counter() - started), 3))
+        if any(r.mask_path for r in dataset.records):
+            result = evaluate_scores(stage.path, GroundTruth.from_dataset(dataset), workers=workers)
+            stage.record(metrics=result["metrics"], threshold=result["threshold"], curve=result["curve"],
+                         label_free=result["label_free"])
+        else:
+            stage.record(label_free={"threshold": label_free_threshold_of(stage.path, dataset.ids, workers)})
+        return stage.manifest

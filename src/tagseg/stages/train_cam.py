@@ -1,0 +1,227 @@
+"""The 'train_cam' stage: a multi-label classifier trained from tags only.
+
+Writes ``<run>/train_cam/checkpoint.pt`` after every epoch (a killed run resumes from the
+last one and ends with the same weights as an uninterrupted run: data order and
+augmentation depend only on (seed, epoch, index)), then ``model.pt`` and, when a held-out
+split exists, its classification mAP.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tagseg.data.dataset import Dataset, Record
+from tagseg.data.imageio import read_image
+from tagseg.data.transforms import normalize, random_scale_flip_crop, resize
+from tagseg.errors import ConfigError, DataError
+from tagseg.metrics import average_precision
+from tagseg.models.backbones import create_backbone
+from tagseg.models.cam import HEADS, CamNet, build_cam_net
+from tagseg.progress import track
+from tagseg.rundir import atomic_write, stage_dir
+
+STAGE = "train_cam"
+MODEL_FILE = "model.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
+log = logging.getLogger(__name__)
+
+
+class CamTrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = Field("imagenet", description="'imagenet', a state-dict file, or null for random init")
+    output_stride: Literal[8, 16] = 16
+    head: Literal["cam", "puzzle", "attention", "dilated"] = "cam"
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(8, ge=1)
+    crop_size: int = Field(320, ge=32)
+    scale_range: tuple[float, float] = (0.7, 1.3)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0)
+    head_lr_multiplier: float = Field(10.0, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    freeze_bn: bool = Field(True, description="keep the backbone's BatchNorm statistics fixed (small batches)")
+    puzzle_alpha: float = Field(4.0, ge=0)
+    attention_intensity: float = Field(1e-3, ge=0)
+    dilations: tuple[int, ...] = (3, 6, 9)
+    lambda_cls: float = Field(0.1, ge=0)
+    dense_at_inference: bool = False
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "CamTrainConfig":
+        if self.head == "puzzle" and self.crop_size % (2 * self.output_stride):
+            raise ValueError(f"puzzle needs crop_size divisible by {2 * self.output_stride} (two tiles of stride "
+                             f"{self.output_stride}), got {self.crop_size}")
+        low, high = self.scale_range
+        if not 0 < low <= high:
+            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {self.scale_range}")
+        if self.head == "dilated" and not self.dilations:
+            raise ValueError("the dilated head needs at least one dilation rate")
+        return self
+
+
+class TagCrops(torch.utils.data.Dataset):
+    """Augmented crops and multi-hot tags; randomness depends only on (seed, epoch, index)."""
+
+    def __init__(self, dataset: Dataset, records: list[Record], config: CamTrainConfig, mean, std) -> None:
+        self.dataset, self.records, self.config = dataset, records, config
+        self.mean, self.std = mean, std
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        record = self.records[index]
+        image, _ = read_image(record.image_path)
+        rng = np.random.default_rng([self.config.seed, self.epoch, index])
+        crop, valid = random_scale_flip_crop(image, rng, self.config.crop_size, self.config.scale_range)
+        pixels = normalize(crop, self.mean, self.std)
+        pixels[:, ~valid] = 0.0
+        return torch.from_numpy(pixels), torch.from_numpy(self.dataset.multi_hot(record.labels))
+
+
+def build_net(config: CamTrainConfig, num_classes: int, weights: str | None) -> CamNet:
+    backbone = create_backbone(config.backbone, weights=weights, output_stride=config.output_stride)
+    return build_cam_net(config.head, backbone, num_classes, puzzle_alpha=config.puzzle_alpha,
+                         attention_intensity=config.attention_intensity, dilations=config.dilations,
+                         lambda_cls=config.lambda_cls, dense_at_inference=config.dense_at_inference)
+
+
+def load_cam_net(path: Path, device: str = "cpu") -> tuple[CamNet, dict]:
+    """Rebuild a trained classifier from ``model.pt``; returns the net (eval mode) and its metadata."""
+    if not Path(path).exists():
+        raise DataError(f"{path}: no trained CAM model (run `tagseg train-cam` first)")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    config = CamTrainConfig(**saved["config"])
+    net = build_net(config, len(saved["class_names"]) - 1, weights=None)
+    net.load_state_dict(saved["state_dict"])
+    return net.to(device).eval(), saved
+
+
+def _set_train_mode(net: CamNet, freeze_bn: bool) -> None:
+    net.train()
+    if freeze_bn:
+        for module in net.backbone.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def _optimizer(net: CamNet, config: CamTrainConfig) -> torch.optim.Optimizer:
+    new = {id(p) for m in net.new_modules() for p in m.parameters()}
+    groups = [
+        {"params": [p for p in net.parameters() if id(p) not in new], "lr": config.lr, "base_lr": config.lr},
+        {"params": [p for p in net.parameters() if id(p) in new], "lr": config.lr * config.head_lr_multiplier,
+         "base_lr": config.lr * config.head_lr_multiplier},
+    ]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+
+
+def _poly(optimizer: torch.optim.Optimizer, step: int, total: int, power: float = 0.9) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * (1 - step / total) ** power
+
+
+def train_cam(dataset: Dataset, run: Path, config: CamTrainConfig, *, device: str = "cpu", workers: int = 1,
+              eval_dataset: Dataset | None = None, force: bool = False) -> dict:
+    """Train (or resume training) the classifier; returns the stage manifest."""
+    records = [r for r in dataset.records if r.labels]
+    if len(records) < len(dataset):
+        log.warning("train_cam: %d images without tags are left out of training", len(dataset) - len(records))
+    if len(records) < config.batch_size:
+        raise ConfigError(f"train_cam: {len(records)} tagged images are fewer than batch_size {config.batch_size}")
+    stage_config = {**config.model_dump(), "dataset": str(dataset.root.resolve()), "split": dataset.split,
+                    "classes": list(dataset.class_names)}
+    with stage_dir(run, STAGE, stage_config, force=force) as stage:
+        model_path = stage.path / MODEL_FILE
+        if model_path.exists():
+            log.info("train_cam: already trained (%s)", model_path)
+            return stage.manifest
+        torch.manual_seed(config.seed)
+        net = build_net(config, dataset.num_classes - 1, config.weights).to(device)
+        on_gpu = device.startswith("cuda")
+        if on_gpu:
+            net = net.to(memory_format=torch.channels_last)
+        optimizer = _optimizer(net, config)
+        scaler = torch.amp.GradScaler("cuda", enabled=on_gpu)
+        history, first_epoch = [], 0
+        checkpoint_path = stage.path / CHECKPOINT_FILE
+        if checkpoint_path.exists():
+            state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+            net.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            history, first_epoch = state["history"], state["epoch"]
+            log.info("train_cam: resuming after epoch %d of %d", first_epoch, config.epochs)
+
+        crops = TagCrops(dataset, records, config, net.backbone.mean, net.backbone.std)
+        steps_per_epoch = len(records) // config.batch_size
+        total_steps = steps_per_epoch * config.epochs
+        for epoch in range(first_epoch, config.epochs):
+            crops.epoch = epoch
+            order = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+            loader = torch.utils.data.DataLoader(crops, batch_size=config.batch_size, shuffle=True, generator=order,
+                                                 drop_last=True, num_workers=workers if workers > 1 else 0)
+            _set_train_mode(net, config.freeze_bn)
+            started, sums = time.perf_counter(), {}
+            for index, (images, targets) in enumerate(track(loader, steps_per_epoch,
+                                                            f"train_cam epoch {epoch + 1}/{config.epochs}")):
+                step = epoch * steps_per_epoch + index
+                _poly(optimizer, step, total_steps)
+                images, targets = images.to(device), targets.to(device)
+                if on_gpu:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", enabled=on_gpu):
+                    parts = net.loss(images, targets, step, total_steps)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(parts["loss"]).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                for key, value in parts.items():
+                    sums[key] = sums.get(key, 0.0) + float(value.detach())
+            history.append({"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 2),
+                            **{k: round(v / steps_per_epoch, 5) for k, v in sums.items()}})
+            log.info("train_cam: epoch %d loss %.4f (%.0f s)", epoch + 1, history[-1]["loss"],
+                     history[-1]["seconds"])
+            state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                     "history": history, "epoch": epoch + 1}
+            atomic_write(checkpoint_path, lambda tmp: torch.save(state, tmp))
+            stage.record(history=history)
+
+        fields = {"history": history,
+                  "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in history])), 2)}
+        if eval_dataset is not None:
+            fields["classification"] = classification_map(net.eval(), eval_dataset, device)
+            log.info("train_cam: mAP on %s tags %.2f", eval_dataset.split, 100 * fields["classification"]["map"])
+        saved = {"state_dict": net.state_dict(), "config": config.model_dump(), "class_names": dataset.class_names}
+        atomic_write(model_path, lambda tmp: torch.save(saved, tmp))
+        stage.record(items_computed=len(records) * (config.epochs - first_epoch), **fields)
+        return stage.manifest
+
+
+@torch.no_grad()
+def classification_map(net: CamNet, dataset: Dataset, device: str, size: int = 320) -> dict:
+    """Image-level mAP of the classifier on a split's tags (single scale, long side = ``size``)."""
+    scores, targets = [], []
+    for record in track(dataset.records, len(dataset), f"mAP on {dataset.split or 'all'}"):
+        image, _ = read_image(record.image_path)
+        factor = size / max(image.shape[:2])
+        image = resize(image, max(1, round(image.shape[0] * factor)), max(1, round(image.shape[1] * factor)))
+        batch = torch.from_numpy(normalize(image, net.backbone.mean, net.backbone.std))[None].to(device)
+        scores.append(net.class_scores(batch).float().cpu().numpy()[0])
+        targets.append(dataset.multi_hot(record.labels))
+    result = average_precision(np.stack(scores), np.stack(targets))
+    names = dataset.class_names[1:]
+    return {"map": result["map"], "per_class": dict(zip(names, result["per_class"])), "split": dataset.split}
