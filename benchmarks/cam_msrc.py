@@ -73,16 +73,18 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging("INFO")
     started = time.time()
-    rows = [run_head(h, args.data, args.runs, args.overrides, args.cam_overrides) for h in args.heads]
-    result = {"benchmark": "cam_msrc", "dataset": str(args.data), "split": "train (CAMs), val (mAP)",
-              "command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": {
-                  "cpu_count": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
-              "wall_seconds": round(time.time() - started, 1), "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    markdown = table(rows)
-    args.out.with_suffix(".md").write_text(markdown + "\n")
-    print(markdown)
+    rows = []
+    for head in args.heads:  # the result is rewritten after every head, so a cut-short run still reports
+        rows.append(run_head(head, args.data, args.runs, args.overrides, args.cam_overrides))
+        result = {"benchmark": "cam_msrc", "dataset": str(args.data), "split": "train (CAMs), val (mAP)",
+                  "command": " ".join(["python", *sys.argv]), "machine": {
+                      "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+                      "torch": torch.__version__},
+                  "wall_seconds": round(time.time() - started, 1), "rows": rows}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(table(rows) + "\n")
+    print(table(rows))
 
 
 if __name__ == "__main__":

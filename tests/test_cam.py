@@ -30,6 +30,15 @@ def test_puzzle_reconstruction_and_alpha_ramp():
     assert [losses.puzzle_alpha(s, 100, 4.0) for s in (0, 25, 50, 99)] == [0.0, 2.0, 4.0, 4.0]
 
 
+def test_puzzle_reconstruction_on_tagged_classes_only():
+    full = torch.tensor([[[[2.0, -3.0]], [[5.0, 5.0]]]])     # B=1, K=2, 1x2
+    merged = torch.tensor([[[[1.0, -1.0]], [[0.0, 0.0]]]])
+    targets = torch.tensor([[1.0, 0.0]])                    # class 1 absent: ignored
+    # class 0 after ReLU: |2-1| + |0-0| = 1, averaged over all B*K*H*W = 4 entries
+    assert losses.puzzle_reconstruction(full, merged, targets).item() == pytest.approx(1 / 4)
+    assert losses.puzzle_reconstruction(full, merged).item() == pytest.approx((1 + 2 + 5 + 5) / 4)
+
+
 def test_attention_pooling_by_hand():
     cams = torch.tensor([[[[0.0, math.log(3.0)]]]])  # weights softmax([0, ln 3]) = [1/4, 3/4] at k = 1
     assert losses.attention_pooling(cams, 1.0).item() == pytest.approx(0.75 * math.log(3.0))

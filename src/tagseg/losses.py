@@ -11,9 +11,18 @@ def multilabel_soft_margin(logits: torch.Tensor, targets: torch.Tensor) -> torch
     return F.multilabel_soft_margin_loss(logits, targets)
 
 
-def puzzle_reconstruction(full_cams: torch.Tensor, merged_cams: torch.Tensor) -> torch.Tensor:
-    """Puzzle-CAM eq. 6: L1 distance between the full image's CAMs and the merged tile CAMs (mean)."""
-    return (full_cams - merged_cams).abs().mean()
+def puzzle_reconstruction(full_cams: torch.Tensor, merged_cams: torch.Tensor,
+                          targets: torch.Tensor | None = None) -> torch.Tensor:
+    """Puzzle-CAM eq. 6: L1 distance between the full image's CAMs and the merged tile CAMs (mean).
+
+    With ``targets`` only the tagged classes' ReLU'd maps (the maps used at inference) are
+    compared. On all classes' raw logits the loss fights the classification loss of absent
+    classes (which wants them strongly negative, tiles or not) and training collapses.
+    """
+    if targets is None:
+        return (full_cams - merged_cams).abs().mean()
+    mask = targets[:, :, None, None]
+    return ((F.relu(full_cams) - F.relu(merged_cams)).abs() * mask).mean()
 
 
 def puzzle_alpha(step: int, total_steps: int, alpha_max: float = 4.0) -> float:

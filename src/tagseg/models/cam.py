@@ -73,9 +73,10 @@ class CamNet(nn.Module):
 class PuzzleCamNet(CamNet):
     """Puzzle-CAM: L_cls + L_p-cls + alpha * L_re, alpha ramped over the first half of training."""
 
-    def __init__(self, backbone: Backbone, num_classes: int, alpha: float = 4.0) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, alpha: float = 4.0, tagged_only: bool = True) -> None:
         super().__init__(backbone, num_classes)
         self.alpha = alpha
+        self.tagged_only = tagged_only
 
     def loss(self, images, targets, step, total_steps):
         full = self.cams(images)
@@ -85,7 +86,7 @@ class PuzzleCamNet(CamNet):
                              f"{tuple(full.shape[-2:])}: use a crop size divisible by twice the stride")
         cls = losses.multilabel_soft_margin(global_average(full), targets)
         p_cls = losses.multilabel_soft_margin(global_average(merged), targets)
-        reconstruction = losses.puzzle_reconstruction(full, merged)
+        reconstruction = losses.puzzle_reconstruction(full, merged, targets if self.tagged_only else None)
         alpha = losses.puzzle_alpha(step, total_steps, self.alpha)
         return {"loss": cls + p_cls + alpha * reconstruction, "cls": cls.detach(), "p_cls": p_cls.detach(),
                 "re": reconstruction.detach(), "alpha": torch.tensor(alpha)}
@@ -151,12 +152,12 @@ class DilatedCamNet(CamNet):
 
 
 def build_cam_net(head: str, backbone: Backbone, num_classes: int, *, puzzle_alpha: float = 4.0,
-                  attention_intensity: float = 1e-3, dilations=(3, 6, 9), dilated_hidden: int = 512,
+                  puzzle_tagged_only: bool = True, attention_intensity: float = 1e-3, dilations=(3, 6, 9), dilated_hidden: int = 512,
                   lambda_cls: float = 0.1, dense_at_inference: bool = False) -> CamNet:
     if head == "cam":
         return CamNet(backbone, num_classes)
     if head == "puzzle":
-        return PuzzleCamNet(backbone, num_classes, puzzle_alpha)
+        return PuzzleCamNet(backbone, num_classes, puzzle_alpha, puzzle_tagged_only)
     if head == "attention":
         return AttentionCamNet(backbone, num_classes, attention_intensity)
     if head == "dilated":
