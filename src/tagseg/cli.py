@@ -277,6 +277,68 @@ def make_cam_command(
                                        force=force))
 
 
+@app.command("perimeter")
+def perimeter_command(
+    dataset_path: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset root.")],
+    run: Annotated[Path, typer.Argument(help="Run directory; writes RUN/perimeter_slic/ and RUN/perimeter_quickshift/.")],
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    split: Annotated[str, typer.Option(help="Split to draw perimeter maps for.")] = "train",
+    device: Device = "auto",
+    workers: Workers = 2,
+    force: Force = False,
+) -> None:
+    """Perimeter maps (SILOP step B): USS-simplified images, then Canny edges, one PNG per image.
+
+    Keys: variants ([slic, quickshift]), max_side (160; null = full size), clusters (q, 32),
+    iterations (64), lr (0.05), min_clusters (20), layers (2), seed, slic_segments (1000),
+    slic_compactness (15), quickshift_kernel (3), quickshift_max_dist (6), quickshift_ratio (0.29),
+    canny_sigma (1.0), canny_low (50), canny_high (100), batch_size (1).
+    """
+    from tagseg.config import load_config
+    from tagseg.runtime import resolve_device
+    from tagseg.stages.perimeter import PerimeterConfig, perimeter_maps
+
+    settings = load_config(PerimeterConfig, config, overrides)
+    log_to_run(run)
+    dataset, _ = _stage_datasets(dataset_path, split)
+    manifests = perimeter_maps(dataset, run, settings, device=resolve_device(device), workers=workers, force=force)
+    for variant, manifest in manifests.items():
+        timing = manifest.get("seconds_per_image", {})
+        out.print(f"perimeter_{variant}: {len(dataset)} maps; seconds per image: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in timing.items()))
+
+
+@app.command("perimeterfit")
+def perimeterfit_command(
+    dataset_path: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset root.")],
+    run: Annotated[Path, typer.Argument(help="Run directory with RUN/make_cam/; writes RUN/perimeterfit/.")],
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    split: Annotated[str, typer.Option(help="Split to refine.")] = "train",
+    device: Device = "auto",
+    workers: Workers = 2,
+    force: Force = False,
+) -> None:
+    """PerimeterFit (SILOP step C): drop CAM positives outside USS perimeters; draws the maps first if needed.
+
+    Keys: cams (source stage, make_cam), combination (silop: cam * mask_slic * mask_quickshift + cam,
+    halved; product: cam * masks), thresholds ({slic: t, quickshift: t}; default: searched),
+    search (grid on the training masks, or label_free: the CAM's Otsu threshold), grid
+    (0.10 .. 0.50), and perimeter.* (every `tagseg perimeter` key, e.g. perimeter.max_side=null).
+    """
+    from tagseg.config import load_config
+    from tagseg.runtime import resolve_device
+    from tagseg.stages.perimeterfit import STAGE, PerimeterFitConfig, perimeterfit
+
+    settings = load_config(PerimeterFitConfig, config, overrides)
+    log_to_run(run)
+    dataset, _ = _stage_datasets(dataset_path, split)
+    manifest = perimeterfit(dataset, run, settings, device=resolve_device(device), workers=workers, force=force)
+    out.print(f"{STAGE}: thresholds {manifest['thresholds']} ({manifest['threshold_choice']})")
+    _print_cam_scores(STAGE, manifest)
+
+
 def main() -> None:
     try:
         app()

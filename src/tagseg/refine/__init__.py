@@ -1,0 +1,1 @@
+"""Refinement of class activation maps: perimeter fitting, pixel affinities, random walk, dense CRF."""

@@ -1,0 +1,121 @@
+"""perimeter / perimeterfit stages on tiny synthetic data with hand-made CAMs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from tagseg.artifacts import load_score_map, save_score_map
+from tagseg.config import load_config
+from tagseg.data.dataset import open_dataset
+from tagseg.data.imageio import read_mask
+from tagseg.data.make_synthetic import write_synthetic_dataset
+from tagseg.errors import ConfigError, StageError
+from tagseg.rundir import stage_dir
+from tagseg.stages.perimeter import PerimeterConfig, perimeter_maps, read_perimeter
+from tagseg.stages.perimeterfit import PerimeterFitConfig, perimeterfit
+
+FAST_USS = dict(clusters=8, iterations=8, min_clusters=3, slic_segments=150, max_side=64)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "data"
+    write_synthetic_dataset(root, 8, seed=2, size=(80, 60), val_fraction=0.25)
+    return root
+
+
+def fake_cams(dataset, run):
+    """Blurred, dilated ground truth: over-activated CAMs as a real classifier makes them."""
+    with stage_dir(run, "make_cam", {"fake": True}) as stage:
+        for record in dataset.records:
+            mask = read_mask(record.mask_path, dataset.num_classes)
+            planes = []
+            for label in record.labels:
+                grown = cv2.dilate((mask == label).astype(np.uint8), np.ones((9, 9), np.uint8))
+                blurred = cv2.GaussianBlur(grown.astype(np.float32), (0, 0), 3)
+                planes.append(blurred / max(blurred.max(), 1e-5))
+            save_score_map(stage.item_path(record.id, ".npz"), np.stack(planes), record.labels)
+
+
+def config(**extra) -> PerimeterFitConfig:
+    return PerimeterFitConfig(perimeter=PerimeterConfig(**FAST_USS), grid=(0.1, 0.3, 0.5), **extra)
+
+
+def test_perimeterfit_stage_refines_and_resumes(synthetic, tmp_path):
+    dataset = open_dataset(synthetic, "train")
+    fake_cams(dataset, tmp_path)
+    manifest = perimeterfit(dataset, tmp_path, config())
+    assert manifest["threshold_choice"] == "grid" and len(manifest["grid"]) == 9
+    assert manifest["thresholds"] == manifest["grid"][0]["thresholds"]
+    # the stage's own evaluation finds the grid search's best row again
+    assert manifest["metrics"]["miou"] == pytest.approx(manifest["grid"][0]["miou"], abs=1e-9)
+    for record in dataset.records:
+        cam, cam_classes = load_score_map(tmp_path / "make_cam" / f"{record.id}.npz")
+        refined, classes = load_score_map(tmp_path / "perimeterfit" / f"{record.id}.npz")
+        np.testing.assert_array_equal(classes, cam_classes)
+        assert refined.shape == cam.shape and np.all(refined <= cam + 1e-3)
+        for variant in ("slic", "quickshift"):
+            assert read_perimeter(tmp_path / f"perimeter_{variant}" / f"{record.id}.png").shape == cam.shape[1:]
+
+    outputs = sorted((tmp_path / "perimeterfit").glob("*.npz"))
+    (outputs[0]).unlink()
+    stamps = {p: p.stat().st_mtime_ns for p in outputs[1:]}
+    again = perimeterfit(dataset, tmp_path, config())
+    assert again["timings"]["items_computed"] == len(dataset) + 1
+    assert outputs[0].exists() and all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+    with pytest.raises(StageError, match="different"):
+        perimeterfit(dataset, tmp_path, config(combination="product"))
+
+
+def test_label_free_and_fixed_thresholds(synthetic, tmp_path):
+    dataset = open_dataset(synthetic, "train")
+    fake_cams(dataset, tmp_path)
+    manifest = perimeterfit(dataset, tmp_path, config(search="label_free"))
+    assert manifest["threshold_choice"] == "label_free"
+    assert set(manifest["thresholds"].values()) == {manifest["thresholds"]["slic"]}
+    shutil.copytree(tmp_path / "make_cam", tmp_path / "fixed" / "make_cam")
+    fixed = perimeterfit(dataset, tmp_path / "fixed", config(thresholds={"slic": 0.2, "quickshift": 0.4}))
+    assert fixed["thresholds"] == {"slic": 0.2, "quickshift": 0.4} and fixed["threshold_choice"] == "config"
+
+
+def test_perimeter_maps_resume_per_variant(synthetic, tmp_path):
+    dataset = open_dataset(synthetic, "val")
+    settings = PerimeterConfig(**FAST_USS, variants=("quickshift",))
+    first = perimeter_maps(dataset, tmp_path, settings)["quickshift"]
+    assert first["timings"]["items_computed"] == len(dataset)
+    assert set(first["seconds_per_image"]) == {"presegment", "uss", "canny"}
+    assert not (tmp_path / "perimeter_slic").exists()
+    again = perimeter_maps(dataset, tmp_path, settings)["quickshift"]
+    assert again["timings"]["items_computed"] == len(dataset)
+
+
+def test_perimeterfit_needs_cams_and_valid_thresholds(synthetic, tmp_path):
+    dataset = open_dataset(synthetic, "val")
+    with pytest.raises(StageError, match="make-cam"):
+        perimeterfit(dataset, tmp_path, config())
+    with pytest.raises(ConfigError, match="thresholds"):
+        load_config(PerimeterFitConfig, None, ["thresholds={slic: 0.3}"])
+    with pytest.raises(ConfigError, match="grid"):
+        load_config(PerimeterFitConfig, None, ["grid=[0.2, 1.5]"])
+
+
+def test_perimeterfit_cli(synthetic, tmp_path):
+    from typer.testing import CliRunner
+
+    from tagseg.cli import app
+
+    dataset = open_dataset(synthetic, "train")
+    fake_cams(dataset, tmp_path)
+    overrides = [arg for key, value in FAST_USS.items() for arg in ("--set", f"perimeter.{key}={value}")]
+    result = CliRunner().invoke(app, ["perimeterfit", str(synthetic), str(tmp_path), "--device", "cpu",
+                                      "--set", "grid=[0.2, 0.4]", *overrides])
+    assert result.exit_code == 0, result.output
+    assert "perimeterfit: mIoU" in result.output and "grid" in result.output
+    saved = json.loads((tmp_path / "perimeterfit" / "manifest.json").read_text())
+    assert saved["status"] == "complete" and saved["config"]["grid"] == [0.2, 0.4]
