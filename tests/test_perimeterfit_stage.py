@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -119,3 +121,19 @@ def test_perimeterfit_cli(synthetic, tmp_path):
     assert "perimeterfit: mIoU" in result.output and "grid" in result.output
     saved = json.loads((tmp_path / "perimeterfit" / "manifest.json").read_text())
     assert saved["status"] == "complete" and saved["config"]["grid"] == [0.2, 0.4]
+
+
+def test_perimeter_cli_prints_timings(synthetic, tmp_path):
+    from typer.testing import CliRunner
+
+    from tagseg.cli import app
+
+    overrides = [arg for key, value in FAST_USS.items() for arg in ("--set", f"{key}={value}")]
+    result = CliRunner().invoke(app, ["perimeter", str(synthetic), str(tmp_path), "--split", "val", "--device", "cpu",
+                                      "--set", "variants=[slic]", *overrides])
+    assert result.exit_code == 0, result.output
+    assert "perimeter_slic: 2 maps" in result.output and "uss" in result.output
+    assert len(list((tmp_path / "perimeter_slic").glob("*.png"))) == 2
+    bad = subprocess.run([sys.executable, "-m", "tagseg.cli", "perimeter", str(synthetic), str(tmp_path),
+                          "--set", "variants=[watershed]"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "variants.0" in bad.stderr and "Traceback" not in bad.stderr
