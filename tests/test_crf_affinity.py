@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from tagseg.refine.affinity_labels import affinity_loss, affinity_seed_labels, pair_labels
-from tagseg.refine.crf import CrfParams, crf_labels, crf_many, crf_probabilities
+from tagseg.progress import parallel_map
+from tagseg.refine.crf import CrfParams, crf_labels, crf_probabilities
 
 
 def two_region_scene(seed: int = 0, height: int = 32, width: int = 40) -> tuple[np.ndarray, np.ndarray]:
@@ -57,15 +58,15 @@ def test_crf_image_must_be_rgb_of_the_maps_size():
         crf_labels(image[:-1], truth, num_labels=2)
 
 
-def test_crf_many_keeps_order_over_processes_and_raises_errors():
+def test_crf_over_processes_keeps_order_and_raises_errors():
     image, truth = two_region_scene()
     label_maps = [flip_labels(truth, 0.1, seed) for seed in range(3)]
     function = partial(crf_labels, image, num_labels=2)
     expected = [function(labels) for labels in label_maps]
-    for result, wanted in zip(crf_many(function, label_maps, workers=2), expected, strict=True):
+    for result, wanted in zip(parallel_map(function, label_maps, 3, "crf", 2, processes=True), expected, strict=True):
         np.testing.assert_array_equal(result, wanted)
     with pytest.raises(ValueError, match="labels outside"):
-        list(crf_many(function, [truth, truth * 5], workers=2))
+        list(parallel_map(function, [truth, truth * 5], 2, "crf", 2, processes=True))
 
 
 def test_seed_labels_without_crf():

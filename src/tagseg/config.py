@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tagseg.errors import ConfigError
 
@@ -77,3 +77,21 @@ def load_config(model: type[Model], path: Path | None = None, overrides: list[st
     values = merge(values, parse_overrides(overrides or []))
     source = " + ".join(filter(None, [str(path) if path else "", "--set" if overrides else ""])) or "defaults"
     return validate(model, values, source)
+
+
+class CrfConfig(BaseModel):
+    """Dense CRF settings shared by the stages that use one (PSA / IRN defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gaussian_sxy: float = Field(3.0, gt=0)
+    gaussian_compat: float = Field(3.0, ge=0)
+    bilateral_sxy: float = Field(50.0, gt=0)
+    bilateral_srgb: float = Field(5.0, gt=0)
+    bilateral_compat: float = Field(10.0, ge=0)
+    iterations: int = Field(10, ge=1)
+
+    def params(self):
+        from tagseg.refine.crf import CrfParams
+
+        return CrfParams(**self.model_dump())

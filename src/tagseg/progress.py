@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TypeVar
 
 from rich.console import Console
@@ -33,17 +34,20 @@ def track(items: Iterable[T], total: int, description: str) -> Iterator[T]:
 
 
 def parallel_map(function: Callable[[T], R], items: Iterable[T], total: int, description: str,
-                 workers: int = 1) -> Iterator[R]:
+                 workers: int = 1, processes: bool = False) -> Iterator[R]:
     """Apply ``function`` to each item in ``workers`` threads, yielding results in input order.
 
     At most ``2 * workers`` items are in flight, so memory stays bounded on big datasets.
     An exception in one item stops the loop and cancels the items not yet started.
-    (Threads suffice: image decoding, compression and numpy release the GIL.)
+    Threads suffice for image decoding, compression and numpy, which release the GIL;
+    ``processes=True`` is for work that holds it (pydensecrf): ``function`` and the items
+    must then pickle, and workers are spawned, not forked (safe beside torch threads).
     """
     if workers <= 1:
         yield from track(map(function, items), total, description)
         return
-    executor = ThreadPoolExecutor(max_workers=workers)
+    executor = (ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+                if processes else ThreadPoolExecutor(max_workers=workers))
     pending: deque[Future] = deque()
     try:
         with progress_bar() as progress:

@@ -1,25 +1,17 @@
 """Fully connected CRF (Krähenbühl & Koltun 2011) via pydensecrf: snaps label and score maps to colour edges.
 
 Defaults are the PSA / IRN settings. pydensecrf never releases the GIL (its extension does
-not call PyEval_SaveThread), so threads cannot run two inferences at once; :func:`crf_many`
-spreads images over processes instead.
+not call PyEval_SaveThread), so threads cannot run two inferences at once: stages spread
+images over processes with ``tagseg.progress.parallel_map(..., processes=True)``.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 import pydensecrf.densecrf as dcrf
 from pydensecrf.utils import unary_from_labels
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 PROBABILITY_FLOOR = 1e-5
 
@@ -78,28 +70,3 @@ def crf_labels(image: np.ndarray, labels: np.ndarray, num_labels: int, gt_prob: 
     unary = unary_from_labels(labels.astype(np.int64), num_labels, gt_prob, zero_unsure=False)
     posterior = _infer(image, unary, params)
     return np.argmax(posterior, axis=0).reshape(labels.shape).astype(labels.dtype)
-
-
-def crf_many(function: Callable[[T], R], items: Iterable[T], workers: int = 1) -> Iterator[R]:
-    """``map(function, items)`` over ``workers`` processes, yielding results in input order.
-
-    ``function`` and items must pickle (a module-level function or a functools.partial of
-    one). Processes are spawned, not forked, so a parent that already runs torch threads is
-    safe; at most ``2 * workers`` items are in flight. An error stops the map and cancels
-    the items not yet started. With ``workers <= 1`` it runs in this process.
-    Wrap it in :func:`tagseg.progress.track` for a progress bar.
-    """
-    if workers <= 1:
-        yield from map(function, items)
-        return
-    executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-    pending: deque[Future] = deque()
-    try:
-        for item in items:
-            pending.append(executor.submit(function, item))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)

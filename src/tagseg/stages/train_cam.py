@@ -9,7 +9,6 @@ split exists, its classification mAP.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +25,7 @@ from tagseg.models.backbones import create_backbone
 from tagseg.models.cam import HEADS, CamNet, build_cam_net
 from tagseg.progress import track
 from tagseg.rundir import atomic_write, stage_dir
+from tagseg.training import build_optimizer, mean_epoch_seconds, train_epochs
 
 STAGE = "train_cam"
 MODEL_FILE = "model.pt"
@@ -87,7 +87,7 @@ class TagCrops(torch.utils.data.Dataset):
         record = self.records[index]
         image, _ = read_image(record.image_path)
         rng = np.random.default_rng([self.config.seed, self.epoch, index])
-        crop, valid = random_scale_flip_crop(image, rng, self.config.crop_size, self.config.scale_range)
+        crop, valid, _ = random_scale_flip_crop(image, rng, self.config.crop_size, self.config.scale_range)
         pixels = normalize(crop, self.mean, self.std)
         pixels[:, ~valid] = 0.0
         return torch.from_numpy(pixels), torch.from_numpy(self.dataset.multi_hot(record.labels))
@@ -120,23 +120,6 @@ def _set_train_mode(net: CamNet, freeze_bn: bool) -> None:
                 module.eval()
 
 
-def _optimizer(net: CamNet, config: CamTrainConfig) -> torch.optim.Optimizer:
-    new = {id(p) for m in net.new_modules() for p in m.parameters()}
-    groups = [
-        {"params": [p for p in net.parameters() if id(p) not in new], "lr": config.lr, "base_lr": config.lr},
-        {"params": [p for p in net.parameters() if id(p) in new], "lr": config.lr * config.head_lr_multiplier,
-         "base_lr": config.lr * config.head_lr_multiplier},
-    ]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, momentum=config.momentum, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-
-
-def _poly(optimizer: torch.optim.Optimizer, step: int, total: int, power: float = 0.9) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = group["base_lr"] * (1 - step / total) ** power
-
-
 def train_cam(dataset: Dataset, run: Path, config: CamTrainConfig, *, device: str = "cpu", workers: int = 1,
               eval_dataset: Dataset | None = None, force: bool = False) -> dict:
     """Train (or resume training) the classifier; returns the stage manifest."""
@@ -157,60 +140,35 @@ def train_cam(dataset: Dataset, run: Path, config: CamTrainConfig, *, device: st
         on_gpu = device.startswith("cuda")
         if on_gpu:
             net = net.to(memory_format=torch.channels_last)
-        optimizer = _optimizer(net, config)
-        scaler = torch.amp.GradScaler("cuda", enabled=on_gpu)
-        history, first_epoch = [], 0
-        checkpoint_path = stage.path / CHECKPOINT_FILE
-        if checkpoint_path.exists():
-            state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-            net.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            history, first_epoch = state["history"], state["epoch"]
-            log.info("train_cam: resuming after epoch %d of %d", first_epoch, config.epochs)
-
+        optimizer = build_optimizer(net, net.new_modules(), config.optimizer, config.lr, config.head_lr_multiplier,
+                                    config.momentum, config.weight_decay)
         crops = TagCrops(dataset, records, config, net.backbone.mean, net.backbone.std)
-        steps_per_epoch = len(records) // config.batch_size
-        total_steps = steps_per_epoch * config.epochs
-        for epoch in range(first_epoch, config.epochs):
+
+        def batches(epoch: int):
             crops.epoch = epoch
             order = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-            loader = torch.utils.data.DataLoader(crops, batch_size=config.batch_size, shuffle=True, generator=order,
-                                                 drop_last=True, num_workers=workers if workers > 1 else 0)
-            _set_train_mode(net, config.freeze_bn)
-            started, sums = time.perf_counter(), {}
-            for index, (images, targets) in enumerate(track(loader, steps_per_epoch,
-                                                            f"train_cam epoch {epoch + 1}/{config.epochs}")):
-                step = epoch * steps_per_epoch + index
-                _poly(optimizer, step, total_steps)
-                images, targets = images.to(device), targets.to(device)
-                if on_gpu:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with torch.autocast("cuda", enabled=on_gpu):
-                    parts = net.loss(images, targets, step, total_steps)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(parts["loss"]).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                for key, value in parts.items():
-                    sums[key] = sums.get(key, 0.0) + float(value.detach())
-            history.append({"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 2),
-                            **{k: round(v / steps_per_epoch, 5) for k, v in sums.items()}})
-            log.info("train_cam: epoch %d loss %.4f (%.0f s)", epoch + 1, history[-1]["loss"],
-                     history[-1]["seconds"])
-            state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                     "history": history, "epoch": epoch + 1}
-            atomic_write(checkpoint_path, lambda tmp: torch.save(state, tmp))
-            stage.record(history=history)
+            return torch.utils.data.DataLoader(crops, batch_size=config.batch_size, shuffle=True, generator=order,
+                                               drop_last=True, num_workers=workers if workers > 1 else 0)
 
-        fields = {"history": history,
-                  "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in history])), 2)}
+        def step_loss(batch, step: int, total_steps: int) -> dict:
+            images, targets = (t.to(device) for t in batch)
+            if on_gpu:
+                images = images.contiguous(memory_format=torch.channels_last)
+            return net.loss(images, targets, step, total_steps)
+
+        checkpoint_path = stage.path / CHECKPOINT_FILE
+        history, epochs_run = train_epochs(net, optimizer, stage, checkpoint_path, epochs=config.epochs,
+                               steps_per_epoch=len(records) // config.batch_size, batches=batches,
+                               step_loss=step_loss, set_train_mode=lambda: _set_train_mode(net, config.freeze_bn),
+                               device=device, name=STAGE)
+
+        fields = {"history": history, "seconds_per_epoch": mean_epoch_seconds(history)}
         if eval_dataset is not None:
             fields["classification"] = classification_map(net.eval(), eval_dataset, device)
             log.info("train_cam: mAP on %s tags %.2f", eval_dataset.split, 100 * fields["classification"]["map"])
         saved = {"state_dict": net.state_dict(), "config": config.model_dump(), "class_names": dataset.class_names}
         atomic_write(model_path, lambda tmp: torch.save(saved, tmp))
-        stage.record(items_computed=len(records) * (config.epochs - first_epoch), **fields)
+        stage.record(items_computed=len(records) * epochs_run, **fields)
         return stage.manifest
 
 

@@ -1,0 +1,117 @@
+"""The 'affinity_labels' stage: confident seeds from a score stage, the training targets of affinity nets.
+
+Each image gets ``<run>/affinity_labels/<id>.png``: the class where its score is clearly high
+(> fg_threshold), background where every score is clearly low (<= bg_threshold), 255
+(ignore) in between, each map snapped to colour edges by a dense CRF as IRN does. Reads any
+score stage (``make_cam`` or ``perimeterfit``). The stage scores its seeds against the masks:
+precision of the labelled pixels and the fraction labelled.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tagseg.artifacts import load_score_map
+from tagseg.config import CrfConfig
+from tagseg.data.dataset import Dataset
+from tagseg.data.imageio import IGNORE_INDEX, read_image, read_mask, write_mask
+from tagseg.errors import StageError
+from tagseg.progress import parallel_map
+from tagseg.refine.affinity_labels import affinity_seed_labels
+from tagseg.refine.crf import CrfParams
+from tagseg.rundir import read_manifest, stage_dir
+
+STAGE = "affinity_labels"
+log = logging.getLogger(__name__)
+
+
+class AffinityLabelsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cams: str = Field("make_cam", description="the score stage to take seeds from")
+    fg_threshold: float | None = Field(None, gt=0, lt=1, description="default: the source's label-free threshold")
+    bg_threshold: float | None = Field(None, ge=0, lt=1, description="default: fg_threshold / 3")
+    crf: bool = True
+    crf_settings: CrfConfig = CrfConfig()
+
+    @model_validator(mode="after")
+    def _order(self) -> "AffinityLabelsConfig":
+        if self.fg_threshold is not None and self.bg_threshold is not None and self.bg_threshold > self.fg_threshold:
+            raise ValueError(f"bg_threshold {self.bg_threshold} is above fg_threshold {self.fg_threshold}")
+        return self
+
+
+def source_manifest(run: Path, stage: str, needed_by: str) -> dict:
+    """The finished manifest of an input stage, or a StageError saying what to run first."""
+    manifest = read_manifest(Path(run) / stage)
+    if manifest is None or manifest.get("status") != "complete":
+        raise StageError(f"{Path(run) / stage}: no finished '{stage}' stage for {needed_by} to read")
+    return manifest
+
+
+def resolve_thresholds(config: AffinityLabelsConfig, source: dict) -> tuple[float, float]:
+    fg = config.fg_threshold
+    if fg is None:
+        fg = source.get("label_free", {}).get("threshold")
+        if fg is None:
+            raise StageError("affinity_labels: the source stage has no label-free threshold; set fg_threshold")
+    bg = config.bg_threshold if config.bg_threshold is not None else fg / 3
+    if bg > fg:
+        raise StageError(f"affinity_labels: bg_threshold {bg} is above fg_threshold {fg}")
+    return float(fg), float(bg)
+
+
+def _seed_job(job: tuple) -> None:
+    """One image (module level, so it runs in a worker process): scores -> seed PNG."""
+    score_path, image_path, out_path, fg, bg, crf_params = job
+    scores, classes = load_score_map(score_path)
+    image = read_image(image_path)[0] if crf_params is not None else None
+    if image is not None and image.shape[:2] != scores.shape[1:]:
+        raise StageError(f"{score_path}: score map {scores.shape[1:]} does not match image {image_path}")
+    write_mask(out_path, affinity_seed_labels(scores, classes, fg, bg, image=image, crf_params=crf_params))
+
+
+def make_affinity_labels(dataset: Dataset, run: Path, config: AffinityLabelsConfig, *, workers: int = 1,
+                         force: bool = False) -> dict:
+    run = Path(run)
+    source = source_manifest(run, config.cams, STAGE)
+    fg, bg = resolve_thresholds(config, source)
+    stage_config = {**config.model_dump(), "source_config": source["config"],
+                    "dataset": str(dataset.root.resolve()), "split": dataset.split}
+    crf_params: CrfParams | None = config.crf_settings.params() if config.crf else None
+    with stage_dir(run, STAGE, stage_config, force=force) as stage:
+        stage.record(fg_threshold=fg, bg_threshold=bg)
+        todo = stage.pending(dataset.ids, ".png")
+        jobs = [(run / config.cams / f"{i}.npz", dataset.record(i).image_path, stage.item_path(i, ".png"), fg, bg,
+                 crf_params) for i in todo]
+        for _ in parallel_map(_seed_job, jobs, len(jobs), f"affinity labels ({len(jobs)} images)", workers,
+                              processes=config.crf):
+            pass
+        stage.record(items_computed=len(jobs))
+        if any(r.mask_path for r in dataset.records):
+            stage.record(seed_quality=seed_quality(dataset, stage.path, workers))
+        return stage.manifest
+
+
+def seed_quality(dataset: Dataset, folder: Path, workers: int = 1) -> dict:
+    """Precision of labelled seed pixels and the fraction of pixels labelled, against the masks."""
+    def counts(record):
+        truth = read_mask(record.mask_path, dataset.num_classes)
+        seeds = read_mask(folder / f"{record.id}.png", dataset.num_classes)
+        scored = truth != IGNORE_INDEX
+        labelled = scored & (seeds != IGNORE_INDEX)
+        foreground = labelled & (seeds > 0)
+        return (int(scored.sum()), int(labelled.sum()), int((seeds[labelled] == truth[labelled]).sum()),
+                int(foreground.sum()), int((seeds[foreground] == truth[foreground]).sum()))
+
+    records = [r for r in dataset.records if r.mask_path]
+    total = np.zeros(5, np.int64)
+    for row in parallel_map(counts, records, len(records), "scoring seeds", workers):
+        total += row
+    scored, labelled, correct, foreground, foreground_correct = (int(v) for v in total)
+    return {"labelled_fraction": labelled / max(scored, 1), "precision": correct / max(labelled, 1),
+            "foreground_precision": foreground_correct / max(foreground, 1)}

@@ -1,0 +1,115 @@
+"""The 'random_walk' stage: scores propagated over the trained affinities (PSA / IRN inference).
+
+Per image: affinities at stride 4 from the trained network (averaged with the mirror
+image's), a sparse row-stochastic transition matrix (affinity^beta within the radius,
+self-loops), the tagged classes' scores shrunk to stride 4 (IRN also multiplies them by
+1 - boundary), 2^logt walk steps, upsampled to the image and divided by the overall maximum
+as IRN does. Output ``<run>/random_walk/<id>.npz`` in the CAM format (foreground classes
+only): the background is whatever stays under the threshold, IRN's sem_seg_bg_thres.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from tagseg.artifacts import load_score_map, save_score_map
+from tagseg.data.dataset import Dataset
+from tagseg.data.imageio import read_image
+from tagseg.data.transforms import to_batch
+from tagseg.evaluate import GroundTruth, evaluate_scores, label_free_threshold_of
+from tagseg.models.affinity import AffinityModel, BoundaryNet
+from tagseg.progress import parallel_map
+from tagseg.refine.random_walk import neighbor_offsets, path_affinities, random_walk, transition_matrix
+from tagseg.rundir import stage_dir
+from tagseg.stages.affinity_labels import source_manifest
+from tagseg.stages.train_affinity import MODEL_FILE, STAGE as TRAIN_STAGE, load_affinity_model
+
+STAGE = "random_walk"
+log = logging.getLogger(__name__)
+
+
+class RandomWalkConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cams: str = Field("make_cam", description="the score stage to propagate")
+    beta: float = Field(10.0, gt=0, description="affinities are raised to this power (IRN 10, PSA 8)")
+    logt: int = Field(8, ge=0, le=12, description="2^logt walk steps")
+    radius: int = Field(5, ge=2)
+    flip: bool = True
+
+
+@torch.no_grad()
+def image_affinities(net: AffinityModel, image: np.ndarray, offsets, flip: bool, device: str):
+    """Affinities (K, h, w) at stride 4 and, for a boundary net, the boundary map (h, w)."""
+    batch = to_batch([image, np.ascontiguousarray(image[:, ::-1])] if flip else [image],
+                     net.backbone.mean, net.backbone.std).to(device)
+    if isinstance(net, BoundaryNet):
+        boundary = net.boundary(batch)
+        boundary = (boundary[0] + boundary[1].flip(-1)) / 2 if flip else boundary[0]
+        return path_affinities(boundary, offsets), boundary
+    if flip:
+        # the mirror's pair (p, p + (dy, dx)) is the original's (p', p' + (dy, -dx)): average over matching pairs
+        mirrored_offsets = np.asarray(offsets) * np.array([1, -1])
+        forward = net.affinities(batch[:1], offsets)[0]
+        backward = net.affinities(batch[1:], mirrored_offsets)[0].flip(-1)
+        return (forward + backward) / 2, None
+    return net.affinities(batch, offsets)[0], None
+
+
+def propagate(scores: np.ndarray, affinities: torch.Tensor, boundary: torch.Tensor | None, offsets, beta: float,
+              logt: int) -> np.ndarray:
+    """Walk (K, H, W) scores over stride-4 affinities; returns (K, H, W) scores scaled by their overall max."""
+    classes, height, width = scores.shape
+    if classes == 0:
+        return scores
+    grid = affinities.shape[-2:]
+    small = F.interpolate(torch.from_numpy(scores)[None].to(affinities.device), size=grid, mode="bilinear",
+                          align_corners=False)[0]
+    if boundary is not None:
+        small = small * (1 - boundary)
+    walked = random_walk(small, transition_matrix(affinities, offsets, beta), 2 ** logt)
+    full = F.interpolate(walked[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+    full = full.clamp_min(0)
+    return (full / full.max().clamp_min(1e-5)).cpu().numpy()
+
+
+def random_walk_stage(dataset: Dataset, run: Path, config: RandomWalkConfig, *, device: str = "cpu",
+                      workers: int = 1, force: bool = False) -> dict:
+    run = Path(run)
+    source = source_manifest(run, config.cams, STAGE)
+    model_path = run / TRAIN_STAGE / MODEL_FILE
+    net, saved = load_affinity_model(model_path, device)
+    offsets = neighbor_offsets(config.radius)
+    stage_config = {**config.model_dump(), "source_config": source["config"], "model": str(model_path.resolve()),
+                    "model_mtime": model_path.stat().st_mtime_ns, "dataset": str(dataset.root.resolve()),
+                    "split": dataset.split}
+    with stage_dir(run, STAGE, stage_config, force=force) as stage:
+        todo = stage.pending(dataset.ids, ".npz")
+
+        def load(item_id: str):
+            image, _ = read_image(dataset.record(item_id).image_path)
+            return item_id, image, load_score_map(run / config.cams / f"{item_id}.npz")
+
+        started = time.perf_counter()
+        for item_id, image, (scores, classes) in parallel_map(load, todo, len(todo),
+                                                               f"random walk ({len(todo)} images)", workers):
+            affinities, boundary = image_affinities(net, image, offsets, config.flip, device)
+            save_score_map(stage.item_path(item_id, ".npz"),
+                           propagate(scores, affinities, boundary, offsets, config.beta, config.logt), classes)
+        if todo:
+            stage.record(items_computed=len(todo),
+                         seconds_per_image=round((time.perf_counter() - started) / len(todo), 4))
+        if any(r.mask_path for r in dataset.records):
+            result = evaluate_scores(stage.path, GroundTruth.from_dataset(dataset), workers=workers)
+            stage.record(metrics=result["metrics"], threshold=result["threshold"], curve=result["curve"],
+                         label_free=result["label_free"])
+        else:
+            stage.record(label_free={"threshold": label_free_threshold_of(stage.path, dataset.ids, workers)})
+        return stage.manifest

@@ -1,0 +1,137 @@
+"""The 'train_affinity' stage: an affinity network (PSA AffinityNet or IRN boundary net) on seed labels.
+
+Reads ``<run>/affinity_labels/``; crops of image and seeds share one random rescale / flip /
+crop, the seeds are taken at stride 4 and turned into pair labels within ``radius``. The
+backbone stays frozen; checkpoints every epoch, exact resume (see tagseg.training).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from tagseg.data.dataset import Dataset
+from tagseg.data.imageio import read_image, read_mask
+from tagseg.data.transforms import normalize, random_scale_flip_crop
+from tagseg.errors import ConfigError, DataError
+from tagseg.models.affinity import FEATURE_STRIDE, AffinityModel, build_affinity_model
+from tagseg.models.backbones import create_backbone
+from tagseg.refine.affinity_labels import pair_labels
+from tagseg.refine.random_walk import neighbor_offsets
+from tagseg.rundir import atomic_write, stage_dir
+from tagseg.stages.affinity_labels import STAGE as LABELS_STAGE, source_manifest
+from tagseg.training import build_optimizer, mean_epoch_seconds, train_epochs
+
+STAGE = "train_affinity"
+MODEL_FILE = "model.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
+log = logging.getLogger(__name__)
+
+
+class AffinityTrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["boundary", "affinitynet"] = "boundary"
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = "imagenet"
+    radius: int = Field(5, ge=2, description="pairs within this distance (stride-4 pixels) are labelled")
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(8, ge=1)
+    crop_size: int = Field(320, ge=32)
+    scale_range: tuple[float, float] = (0.7, 1.3)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    seed: int = 0
+
+
+class SeedCrops(torch.utils.data.Dataset):
+    """Augmented crops with their stride-4 pair labels; randomness depends only on (seed, epoch, index)."""
+
+    def __init__(self, dataset: Dataset, labels_dir: Path, config: AffinityTrainConfig, mean, std) -> None:
+        self.dataset, self.labels_dir, self.config = dataset, labels_dir, config
+        self.mean, self.std = mean, std
+        self.offsets = neighbor_offsets(config.radius)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        record = self.dataset.records[index]
+        image, _ = read_image(record.image_path)
+        seeds = read_mask(self.labels_dir / f"{record.id}.png", self.dataset.num_classes)
+        if seeds.shape != image.shape[:2]:
+            raise DataError(f"{self.labels_dir / (record.id + '.png')}: seed map {seeds.shape} does not match "
+                            f"image {record.image_path} {image.shape[:2]}")
+        rng = np.random.default_rng([self.config.seed, self.epoch, index])
+        crop, valid, seeds = random_scale_flip_crop(image, rng, self.config.crop_size, self.config.scale_range, seeds)
+        pixels = normalize(crop, self.mean, self.std)
+        pixels[:, ~valid] = 0.0
+        size = -(-self.config.crop_size // FEATURE_STRIDE)
+        strided = cv2.resize(seeds, (size, size), interpolation=cv2.INTER_NEAREST)
+        pairs = pair_labels(strided, self.offsets)
+        return torch.from_numpy(pixels), pairs["fg_positive"], pairs["bg_positive"], pairs["negative"]
+
+
+def build_model(config: AffinityTrainConfig, weights: str | None) -> AffinityModel:
+    return build_affinity_model(config.kind, create_backbone(config.backbone, weights=weights, output_stride=16))
+
+
+def load_affinity_model(path: Path, device: str = "cpu") -> tuple[AffinityModel, dict]:
+    """Rebuild a trained affinity network from ``model.pt``; returns it (eval mode) and its metadata."""
+    if not Path(path).exists():
+        raise DataError(f"{path}: no trained affinity network (run `tagseg train-affinity` first)")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    config = AffinityTrainConfig(**saved["config"])
+    net = build_model(config, weights=None)
+    net.load_state_dict(saved["state_dict"])
+    return net.to(device).eval(), saved
+
+
+def train_affinity(dataset: Dataset, run: Path, config: AffinityTrainConfig, *, device: str = "cpu",
+                   workers: int = 1, force: bool = False) -> dict:
+    run = Path(run)
+    labels = source_manifest(run, LABELS_STAGE, STAGE)
+    if len(dataset) < config.batch_size:
+        raise ConfigError(f"train_affinity: {len(dataset)} images are fewer than batch_size {config.batch_size}")
+    stage_config = {**config.model_dump(), "labels_config": labels["config"],
+                    "dataset": str(dataset.root.resolve()), "split": dataset.split}
+    with stage_dir(run, STAGE, stage_config, force=force) as stage:
+        model_path = stage.path / MODEL_FILE
+        if model_path.exists():
+            log.info("train_affinity: already trained (%s)", model_path)
+            return stage.manifest
+        torch.manual_seed(config.seed)
+        net = build_model(config, config.weights).to(device)
+        optimizer = build_optimizer(net, net.new_modules(), config.optimizer, config.lr, 1.0, config.momentum,
+                                    config.weight_decay)
+        crops = SeedCrops(dataset, run / LABELS_STAGE, config, net.backbone.mean, net.backbone.std)
+
+        def batches(epoch: int):
+            crops.epoch = epoch
+            order = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+            return torch.utils.data.DataLoader(crops, batch_size=config.batch_size, shuffle=True, generator=order,
+                                               drop_last=True, num_workers=workers if workers > 1 else 0)
+
+        def step_loss(batch, step: int, total_steps: int) -> dict:
+            images, fg, bg, negative = (t.to(device) for t in batch)
+            pairs = {"fg_positive": fg, "bg_positive": bg, "negative": negative}
+            return net.loss(images, pairs, crops.offsets)
+
+        history, epochs_run = train_epochs(
+            net, optimizer, stage, stage.path / CHECKPOINT_FILE, epochs=config.epochs,
+            steps_per_epoch=len(dataset) // config.batch_size, batches=batches, step_loss=step_loss,
+            set_train_mode=net.train, device=device, name=STAGE)
+        saved = {"state_dict": net.state_dict(), "config": config.model_dump()}
+        atomic_write(model_path, lambda tmp: torch.save(saved, tmp))
+        stage.record(items_computed=len(dataset) * epochs_run, history=history,
+                     seconds_per_epoch=mean_epoch_seconds(history))
+        return stage.manifest

@@ -1,0 +1,142 @@
+"""affinity_labels -> train_affinity -> random_walk -> pseudo_labels on tiny synthetic data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tagseg.artifacts import load_score_map
+from tagseg.config import load_config
+from tagseg.data.dataset import open_dataset
+from tagseg.data.imageio import read_mask
+from tagseg.data.make_synthetic import write_synthetic_dataset
+from tagseg.errors import ConfigError, StageError
+from tagseg.refine.random_walk import neighbor_offsets, path_affinities
+from tagseg.stages.affinity_labels import AffinityLabelsConfig, make_affinity_labels
+from tagseg.stages.pseudo_labels import PseudoLabelConfig, make_pseudo_labels, pseudo_label
+from tagseg.stages.random_walk import RandomWalkConfig, propagate, random_walk_stage
+from tagseg.stages.train_affinity import AffinityTrainConfig, train_affinity
+from test_perimeterfit_stage import fake_cams
+
+TINY = dict(epochs=2, batch_size=2, crop_size=64, radius=3)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "data"
+    write_synthetic_dataset(root, 6, seed=3, size=(64, 48), val_fraction=0.34)
+    return root
+
+
+def test_propagate_fills_a_walled_region_and_stops_at_the_wall():
+    boundary = torch.zeros(12, 16)
+    boundary[:, 8] = 1.0
+    offsets = neighbor_offsets(3)
+    scores = np.zeros((1, 48, 64), np.float32)
+    scores[0, 16:24, 8:16] = 1.0  # a seed in the left half (stride-4 cells 4..5, 2..3)
+    walked = propagate(scores, path_affinities(boundary, offsets), None, offsets, beta=8, logt=6)
+    left, right = walked[0, :, :28], walked[0, :, 36:]
+    assert walked.max() == pytest.approx(1.0)
+    assert left.min() > 0.2 and right.max() < 1e-3
+
+
+def test_pseudo_label_threshold_crf_and_ignore_band():
+    scores = np.zeros((2, 20, 20), np.float32)
+    scores[0, :, :10] = 0.9
+    scores[1, :, 10:] = 0.5
+    scores[1, :, 15:] = 0.1
+    classes = np.array([3, 7])
+    labels = pseudo_label(scores, classes, 0.3, None, 0.7, None, 0.0)
+    assert set(np.unique(labels[:, :10])) == {3} and set(np.unique(labels[:, 10:15])) == {7}
+    assert set(np.unique(labels[:, 15:])) == {0}
+    banded = pseudo_label(scores, classes, 0.45, None, 0.7, None, 0.1)
+    assert set(np.unique(banded[:, 10:15])) == {255} and set(np.unique(banded[:, :10])) == {3}
+    image = np.zeros((20, 20, 3), np.uint8)
+    image[:, :10] = 200
+    image[:, 10:15] = 90
+    from tagseg.refine.crf import CrfParams
+
+    noisy = scores.copy()
+    noisy[0, 5, 5] = 0.0  # one hole the CRF should close
+    snapped = pseudo_label(noisy, classes, 0.3, image, 0.7, CrfParams(), 0.0)
+    assert snapped[5, 5] == 3 and set(np.unique(snapped)) <= {0, 3, 7}
+
+
+def test_chain_runs_end_to_end_and_resumes(synthetic, tmp_path):
+    dataset = open_dataset(synthetic, "train")
+    fake_cams(dataset, tmp_path)
+    with pytest.raises(StageError, match="make_cam"):
+        make_affinity_labels(dataset, tmp_path / "empty", AffinityLabelsConfig())
+
+    labels = make_affinity_labels(dataset, tmp_path, AffinityLabelsConfig(fg_threshold=0.6, bg_threshold=0.2))
+    quality = labels["seed_quality"]
+    assert 0.2 < quality["labelled_fraction"] <= 1 and quality["precision"] > 0.8
+    for record in dataset.records:
+        seeds = read_mask(tmp_path / "affinity_labels" / f"{record.id}.png", dataset.num_classes)
+        assert set(np.unique(seeds)) <= {0, 255, *record.labels}
+
+    for kind in ("boundary", "affinitynet"):
+        run = tmp_path / kind
+        run.mkdir()
+        for name in ("make_cam", "affinity_labels"):
+            (run / name).symlink_to(tmp_path / name)
+        trained = train_affinity(dataset, run, AffinityTrainConfig(kind=kind, **TINY))
+        assert [h["epoch"] for h in trained["history"]] == [1, 2] and np.isfinite(trained["history"][-1]["loss"])
+        walked = random_walk_stage(dataset, run, RandomWalkConfig(radius=3, logt=4))
+        assert "metrics" in walked and 0 <= walked["threshold"] < 1
+        for record in dataset.records:
+            cam, cam_classes = load_score_map(run / "make_cam" / f"{record.id}.npz")
+            scores, classes = load_score_map(run / "random_walk" / f"{record.id}.npz")
+            np.testing.assert_array_equal(classes, cam_classes)
+            assert scores.shape == cam.shape and scores.min() >= 0 and scores.max() <= 1.001
+        masks = make_pseudo_labels(dataset, run, PseudoLabelConfig())
+        assert masks["metrics"]["miou"] > 0
+        assert len(list((run / "pseudo_labels").glob("*.png"))) == len(dataset)
+
+        stamps = {p: p.stat().st_mtime_ns for p in (run / "random_walk").glob("*.npz")}
+        again = random_walk_stage(dataset, run, RandomWalkConfig(radius=3, logt=4))
+        assert again["timings"]["items_computed"] == len(dataset)
+        assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+        assert train_affinity(dataset, run, AffinityTrainConfig(kind=kind, **TINY))["history"] == trained["history"]
+
+
+def test_affinity_training_resumes_exactly(synthetic, tmp_path, monkeypatch):
+    from tagseg.rundir import ArtifactDir
+
+    dataset = open_dataset(synthetic, "train")
+    fake_cams(dataset, tmp_path)
+    with pytest.raises(StageError, match="no label-free threshold"):
+        make_affinity_labels(dataset, tmp_path, AffinityLabelsConfig(crf=False))  # fake CAMs were never scored
+    make_affinity_labels(dataset, tmp_path, AffinityLabelsConfig(crf=False, fg_threshold=0.5))
+    config = AffinityTrainConfig(**TINY)
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    for name in ("make_cam", "affinity_labels"):
+        (whole / name).symlink_to(tmp_path / name)
+    train_affinity(dataset, whole, config)
+
+    original_record = ArtifactDir.record
+
+    def killed_after_first_epoch(self, items_computed=0, **fields):
+        original_record(self, items_computed, **fields)
+        if len(fields.get("history", [])) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ArtifactDir, "record", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_affinity(dataset, tmp_path, config)
+    monkeypatch.setattr(ArtifactDir, "record", original_record)
+    train_affinity(dataset, tmp_path, config)
+    first = torch.load(whole / "train_affinity" / "model.pt", weights_only=False)["state_dict"]
+    second = torch.load(tmp_path / "train_affinity" / "model.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_configs_are_validated():
+    with pytest.raises(ConfigError, match="bg_threshold"):
+        load_config(AffinityLabelsConfig, None, ["fg_threshold=0.2", "bg_threshold=0.5"])
+    with pytest.raises(ConfigError, match="kind"):
+        load_config(AffinityTrainConfig, None, ["kind=psa"])
+    with pytest.raises(ConfigError, match="logt"):
+        load_config(RandomWalkConfig, None, ["logt=40"])
