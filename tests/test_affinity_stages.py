@@ -140,3 +140,22 @@ def test_configs_are_validated():
         load_config(AffinityTrainConfig, None, ["kind=psa"])
     with pytest.raises(ConfigError, match="logt"):
         load_config(RandomWalkConfig, None, ["logt=40"])
+
+
+def test_cli_chain(synthetic, tmp_path):
+    from typer.testing import CliRunner
+
+    from tagseg.cli import app
+
+    dataset = open_dataset(synthetic, "train")
+    fake_cams(dataset, tmp_path)
+    runner = CliRunner()
+    steps = [["affinity-labels", "--set", "fg_threshold=0.6", "--workers", "1"],
+             ["train-affinity", "--device", "cpu", *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]],
+             ["random-walk", "--device", "cpu", "--set", "radius=3", "--set", "logt=3"],
+             ["pseudo-labels", "--set", "crf=false"]]
+    expected = ["precision", "final loss", "random_walk: mIoU", "pseudo_labels: 4 masks"]
+    for step, text in zip(steps, expected):
+        result = runner.invoke(app, [step[0], str(synthetic), str(tmp_path), *step[1:]])
+        assert result.exit_code == 0, result.output
+        assert text in result.output

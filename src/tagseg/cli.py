@@ -339,6 +339,120 @@ def perimeterfit_command(
     _print_cam_scores(STAGE, manifest)
 
 
+@app.command("affinity-labels")
+def affinity_labels_command(
+    dataset_path: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset root.")],
+    run: Annotated[Path, typer.Argument(help="Run directory with a score stage; writes RUN/affinity_labels/.")],
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    split: Annotated[str, typer.Option(help="Split to label.")] = "train",
+    workers: Workers = 2,
+    force: Force = False,
+) -> None:
+    """Seed labels for affinity training: confident class / background pixels, the rest ignored (255).
+
+    Keys: cams (source stage: make_cam or perimeterfit), fg_threshold (default: the source's
+    label-free threshold), bg_threshold (default: fg_threshold / 3), crf (true), crf_settings.*
+    (gaussian_sxy 3, gaussian_compat 3, bilateral_sxy 50, bilateral_srgb 5, bilateral_compat 10, iterations 10).
+    """
+    from tagseg.config import load_config
+    from tagseg.stages.affinity_labels import STAGE, AffinityLabelsConfig, make_affinity_labels
+
+    settings = load_config(AffinityLabelsConfig, config, overrides)
+    log_to_run(run)
+    dataset, _ = _stage_datasets(dataset_path, split)
+    manifest = make_affinity_labels(dataset, run, settings, workers=workers, force=force)
+    line = f"{STAGE}: fg > {manifest['fg_threshold']:.3f}, background <= {manifest['bg_threshold']:.3f}"
+    if manifest.get("seed_quality"):
+        quality = manifest["seed_quality"]
+        line += (f"; {_fmt(quality['labelled_fraction'])}% of pixels labelled, precision "
+                 f"{_fmt(quality['precision'])}% (foreground {_fmt(quality['foreground_precision'])}%)")
+    out.print(line)
+
+
+@app.command("train-affinity")
+def train_affinity_command(
+    dataset_path: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset root.")],
+    run: Annotated[Path, typer.Argument(help="Run directory with RUN/affinity_labels/; writes RUN/train_affinity/.")],
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
+    device: Device = "auto",
+    workers: Workers = 2,
+    force: Force = False,
+) -> None:
+    """Train an affinity network on the seed labels (backbone frozen; resumable per epoch).
+
+    Keys: kind (boundary: IRN boundary map; affinitynet: PSA embedding), backbone, weights,
+    radius (5), epochs (3), batch_size (8), crop_size (320), scale_range ([0.7, 1.3]),
+    optimizer (sgd), lr (0.1), momentum, weight_decay, seed.
+    """
+    from tagseg.config import load_config
+    from tagseg.runtime import resolve_device
+    from tagseg.stages.train_affinity import STAGE, AffinityTrainConfig, train_affinity
+
+    settings = load_config(AffinityTrainConfig, config, overrides)
+    log_to_run(run)
+    dataset, _ = _stage_datasets(dataset_path, split)
+    manifest = train_affinity(dataset, run, settings, device=resolve_device(device), workers=workers, force=force)
+    out.print(f"{STAGE}: {settings.kind}, {len(manifest['history'])} epochs, final loss "
+              f"{manifest['history'][-1]['loss']:.4f}, {manifest['seconds_per_epoch']:.0f} s per epoch")
+
+
+@app.command("random-walk")
+def random_walk_command(
+    dataset_path: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset root.")],
+    run: Annotated[Path, typer.Argument(help="Run directory with RUN/train_affinity/; writes RUN/random_walk/.")],
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    split: Annotated[str, typer.Option(help="Split to propagate.")] = "train",
+    device: Device = "auto",
+    workers: Workers = 2,
+    force: Force = False,
+) -> None:
+    """Propagate scores over the learned affinities (sparse random walk), scored like make-cam.
+
+    Keys: cams (source stage: make_cam or perimeterfit), beta (10), logt (8: 256 steps), radius (5), flip (true).
+    """
+    from tagseg.config import load_config
+    from tagseg.runtime import resolve_device
+    from tagseg.stages.random_walk import STAGE, RandomWalkConfig, random_walk_stage
+
+    settings = load_config(RandomWalkConfig, config, overrides)
+    log_to_run(run)
+    dataset, _ = _stage_datasets(dataset_path, split)
+    _print_cam_scores(STAGE, random_walk_stage(dataset, run, settings, device=resolve_device(device),
+                                               workers=workers, force=force))
+
+
+@app.command("pseudo-labels")
+def pseudo_labels_command(
+    dataset_path: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset root.")],
+    run: Annotated[Path, typer.Argument(help="Run directory with a score stage; writes RUN/pseudo_labels/.")],
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    split: Annotated[str, typer.Option(help="Split to label.")] = "train",
+    workers: Workers = 2,
+    force: Force = False,
+) -> None:
+    """Final pseudo-label masks (palette PNGs) from a score stage, with an optional dense CRF and ignore band.
+
+    Keys: scores (source stage, random_walk), threshold (default: the source's label-free one),
+    crf (true), crf_gt_prob (0.7), crf_settings.*, ignore_band (0: none).
+    """
+    from tagseg.config import load_config
+    from tagseg.stages.pseudo_labels import STAGE, PseudoLabelConfig, make_pseudo_labels
+
+    settings = load_config(PseudoLabelConfig, config, overrides)
+    log_to_run(run)
+    dataset, _ = _stage_datasets(dataset_path, split)
+    manifest = make_pseudo_labels(dataset, run, settings, workers=workers, force=force)
+    line = f"{STAGE}: {len(dataset)} masks at background threshold {manifest['threshold']:.3f}"
+    if manifest.get("metrics"):
+        line += f"; mIoU {_fmt(manifest['metrics']['miou'])}"
+    out.print(line)
+
+
 def main() -> None:
     try:
         app()
