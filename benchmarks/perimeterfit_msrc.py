@@ -30,7 +30,7 @@ from tagseg.evaluate import GroundTruth
 from tagseg.refine.perimeterfit import fit_masks, perimeter_regions
 from tagseg.rundir import read_manifest
 from tagseg.runtime import setup_logging
-from tagseg.stages.perimeter import PerimeterConfig, perimeter_maps, read_perimeter, stage_name
+from tagseg.stages.perimeter import perimeter_maps, read_perimeter, stage_name
 from tagseg.stages.perimeterfit import PerimeterFitConfig, _load, grid_search, perimeterfit
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -169,3 +169,12 @@ def read_manifest(directory: Path) -> dict | None:
     if not path.exists():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def finished_stage(run: Path, stage: str, needed_by: str) -> dict:
+    """The manifest of a finished input stage, or a StageError saying which stage to run first."""
+    manifest = read_manifest(Path(run) / stage)
+    if manifest is None or manifest.get("status") != "complete":
+        raise StageError(f"{Path(run) / stage}: no finished '{stage}' stage for {needed_by} to read "
+                         f"(run `tagseg {stage.replace('_', '-')}` first)")
+    return manifest

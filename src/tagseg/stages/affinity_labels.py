@@ -23,7 +23,7 @@ from tagseg.errors import StageError
 from tagseg.progress import parallel_map
 from tagseg.refine.affinity_labels import affinity_seed_labels
 from tagseg.refine.crf import CrfParams
-from tagseg.rundir import read_manifest, stage_dir
+from tagseg.rundir import finished_stage, stage_dir
 
 STAGE = "affinity_labels"
 log = logging.getLogger(__name__)
@@ -43,14 +43,6 @@ class AffinityLabelsConfig(BaseModel):
         if self.fg_threshold is not None and self.bg_threshold is not None and self.bg_threshold > self.fg_threshold:
             raise ValueError(f"bg_threshold {self.bg_threshold} is above fg_threshold {self.fg_threshold}")
         return self
-
-
-def source_manifest(run: Path, stage: str, needed_by: str) -> dict:
-    """The finished manifest of an input stage, or a StageError saying what to run first."""
-    manifest = read_manifest(Path(run) / stage)
-    if manifest is None or manifest.get("status") != "complete":
-        raise StageError(f"{Path(run) / stage}: no finished '{stage}' stage for {needed_by} to read")
-    return manifest
 
 
 def resolve_thresholds(config: AffinityLabelsConfig, source: dict) -> tuple[float, float]:
@@ -78,7 +70,7 @@ def _seed_job(job: tuple) -> None:
 def make_affinity_labels(dataset: Dataset, run: Path, config: AffinityLabelsConfig, *, workers: int = 1,
                          force: bool = False) -> dict:
     run = Path(run)
-    source = source_manifest(run, config.cams, STAGE)
+    source = finished_stage(run, config.cams, STAGE)
     fg, bg = resolve_thresholds(config, source)
     stage_config = {**config.model_dump(), "source_config": source["config"],
                     "dataset": str(dataset.root.resolve()), "split": dataset.split}

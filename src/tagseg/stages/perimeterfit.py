@@ -26,7 +26,7 @@ from tagseg.evaluate import DEFAULT_THRESHOLDS, GroundTruth, evaluate_scores, la
 from tagseg.metrics import ThresholdSweep
 from tagseg.progress import parallel_map
 from tagseg.refine.perimeterfit import Combination, combine, fit_masks, perimeter_regions, region_minimum
-from tagseg.rundir import read_manifest, stage_dir
+from tagseg.rundir import finished_stage, read_manifest, stage_dir
 from tagseg.stages.perimeter import PerimeterConfig, Variant, perimeter_maps, read_perimeter, stage_name
 
 STAGE = "perimeterfit"
@@ -111,9 +111,7 @@ def perimeterfit(dataset: Dataset, run: Path, config: PerimeterFitConfig, *, dev
     """Refine a CAM run with PerimeterFit (computing perimeter maps first if needed); returns the manifest."""
     run = Path(run)
     cam_dir = run / config.cams
-    cam_manifest = read_manifest(cam_dir)
-    if cam_manifest is None or cam_manifest.get("status") != "complete":
-        raise StageError(f"{cam_dir}: no finished score maps to refine (run `tagseg make-cam` first)")
+    cam_manifest = finished_stage(run, config.cams, STAGE)
     perimeter_maps(dataset, run, config.perimeter, device=device, workers=workers, force=force)
     perimeter_dirs = {v: run / stage_name(v) for v in config.perimeter.variants}
     stage_config = {**config.model_dump(), "cams_config": cam_manifest["config"],

@@ -24,8 +24,7 @@ from tagseg.evaluate import GroundTruth, evaluate_masks
 from tagseg.metrics import labels_from_scores
 from tagseg.progress import parallel_map
 from tagseg.refine.crf import crf_labels
-from tagseg.rundir import stage_dir
-from tagseg.stages.affinity_labels import source_manifest
+from tagseg.rundir import finished_stage, stage_dir
 
 STAGE = "pseudo_labels"
 log = logging.getLogger(__name__)
@@ -71,7 +70,7 @@ def _label_job(job: tuple) -> None:
 def make_pseudo_labels(dataset: Dataset, run: Path, config: PseudoLabelConfig, *, workers: int = 1,
                        force: bool = False) -> dict:
     run = Path(run)
-    source = source_manifest(run, config.scores, STAGE)
+    source = finished_stage(run, config.scores, STAGE)
     threshold = config.threshold
     if threshold is None:
         threshold = source.get("label_free", {}).get("threshold")

@@ -27,8 +27,7 @@ from tagseg.evaluate import GroundTruth, evaluate_scores, label_free_threshold_o
 from tagseg.models.affinity import AffinityModel, BoundaryNet
 from tagseg.progress import parallel_map
 from tagseg.refine.random_walk import neighbor_offsets, path_affinities, random_walk, transition_matrix
-from tagseg.rundir import stage_dir
-from tagseg.stages.affinity_labels import source_manifest
+from tagseg.rundir import finished_stage, stage_dir
 from tagseg.stages.train_affinity import MODEL_FILE, STAGE as TRAIN_STAGE, load_affinity_model
 
 STAGE = "random_walk"
@@ -83,7 +82,7 @@ def propagate(scores: np.ndarray, affinities: torch.Tensor, boundary: torch.Tens
 def random_walk_stage(dataset: Dataset, run: Path, config: RandomWalkConfig, *, device: str = "cpu",
                       workers: int = 1, force: bool = False) -> dict:
     run = Path(run)
-    source = source_manifest(run, config.cams, STAGE)
+    source = finished_stage(run, config.cams, STAGE)
     model_path = run / TRAIN_STAGE / MODEL_FILE
     net, saved = load_affinity_model(model_path, device)
     offsets = neighbor_offsets(config.radius)

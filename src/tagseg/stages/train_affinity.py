@@ -24,8 +24,8 @@ from tagseg.models.affinity import FEATURE_STRIDE, AffinityModel, build_affinity
 from tagseg.models.backbones import create_backbone
 from tagseg.refine.affinity_labels import pair_labels
 from tagseg.refine.random_walk import neighbor_offsets
-from tagseg.rundir import atomic_write, stage_dir
-from tagseg.stages.affinity_labels import STAGE as LABELS_STAGE, source_manifest
+from tagseg.rundir import atomic_write, finished_stage, stage_dir
+from tagseg.stages.affinity_labels import STAGE as LABELS_STAGE
 from tagseg.training import build_optimizer, mean_epoch_seconds, train_epochs
 
 STAGE = "train_affinity"
@@ -99,7 +99,7 @@ def load_affinity_model(path: Path, device: str = "cpu") -> tuple[AffinityModel,
 def train_affinity(dataset: Dataset, run: Path, config: AffinityTrainConfig, *, device: str = "cpu",
                    workers: int = 1, force: bool = False) -> dict:
     run = Path(run)
-    labels = source_manifest(run, LABELS_STAGE, STAGE)
+    labels = finished_stage(run, LABELS_STAGE, STAGE)
     if len(dataset) < config.batch_size:
         raise ConfigError(f"train_affinity: {len(dataset)} images are fewer than batch_size {config.batch_size}")
     stage_config = {**config.model_dump(), "labels_config": labels["config"],

@@ -22,7 +22,7 @@ from tagseg.data.transforms import normalize, random_scale_flip_crop, resize
 from tagseg.errors import ConfigError, DataError
 from tagseg.metrics import average_precision
 from tagseg.models.backbones import create_backbone
-from tagseg.models.cam import HEADS, CamNet, build_cam_net
+from tagseg.models.cam import CamNet, build_cam_net
 from tagseg.progress import track
 from tagseg.rundir import atomic_write, stage_dir
 from tagseg.training import build_optimizer, mean_epoch_seconds, train_epochs
