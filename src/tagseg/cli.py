@@ -453,6 +453,93 @@ def pseudo_labels_command(
     out.print(line)
 
 
+@app.command("train-seg")
+def train_seg_command(
+    dataset_path: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset root.")],
+    run: Annotated[Path, typer.Argument(help="Run directory with RUN/pseudo_labels/; writes RUN/train_seg/.")],
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
+    device: Device = "auto",
+    workers: Workers = 2,
+    force: Force = False,
+) -> None:
+    """Train a DeepLab network on pseudo-labels (or on the true masks: labels=ground_truth, the upper bound).
+
+    Keys: labels (pseudo_labels | ground_truth | any mask stage), head (deeplabv3plus | deeplabv2),
+    backbone, weights, output_stride (16), epochs (10), batch_size (8), crop_size (320),
+    scale_range ([0.5, 1.5]), optimizer (sgd), lr (0.01), head_lr_multiplier (10), freeze_bn (true), seed.
+    """
+    from tagseg.config import load_config
+    from tagseg.runtime import resolve_device
+    from tagseg.stages.train_seg import STAGE, SegTrainConfig, train_seg
+
+    settings = load_config(SegTrainConfig, config, overrides)
+    log_to_run(run)
+    dataset, _ = _stage_datasets(dataset_path, split)
+    manifest = train_seg(dataset, run, settings, device=resolve_device(device), workers=workers, force=force)
+    out.print(f"{STAGE}: {settings.head} on {settings.labels}, {len(manifest['history'])} epochs, final loss "
+              f"{manifest['history'][-1]['loss']:.4f}, {manifest['seconds_per_epoch']:.0f} s per epoch")
+
+
+@app.command("segment")
+def segment_command(
+    dataset_path: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset root.")],
+    run: Annotated[Path, typer.Argument(help="Run directory with RUN/train_seg/; writes RUN/segment_<split>/.")],
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    split: Annotated[str, typer.Option(help="Split to segment and score.")] = "val",
+    device: Device = "auto",
+    workers: Workers = 2,
+    force: Force = False,
+) -> None:
+    """Segment a split with the trained network (multi-scale + flip, optional CRF) and score it.
+
+    Keys: scales ([0.75, 1, 1.25]), flip (true), crf (false), crf_settings.*.
+    """
+    from tagseg.config import load_config
+    from tagseg.runtime import resolve_device
+    from tagseg.stages.segment import SegmentConfig, segment_split
+
+    settings = load_config(SegmentConfig, config, overrides)
+    log_to_run(run)
+    dataset, _ = _stage_datasets(dataset_path, split)
+    manifest = segment_split(dataset, run, settings, device=resolve_device(device), workers=workers, force=force)
+    line = f"segment_{split}: {len(dataset)} masks"
+    if manifest.get("metrics"):
+        line += f"; mIoU {_fmt(manifest['metrics']['miou'])}"
+    out.print(line)
+
+
+@app.command("predict")
+def predict_command(
+    model: Annotated[Path, typer.Argument(help="A trained model: RUN/train_seg/model.pt.")],
+    images_dir: Annotated[Path, typer.Argument(metavar="IMAGES_DIR", help="Folder of images (no tags needed).")],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="Writes <id>.png masks and overlays/<id>.jpg.")],
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    device: Device = "auto",
+    force: Force = False,
+) -> None:
+    """Segment every image of a folder; unreadable images are reported and skipped (exit code 1).
+
+    Keys: as for `segment` (scales, flip, crf, crf_settings.*).
+    """
+    from tagseg.config import load_config
+    from tagseg.runtime import resolve_device
+    from tagseg.stages.segment import SegmentConfig, predict_folder
+
+    settings = load_config(SegmentConfig, config, overrides)
+    manifest = predict_folder(model, images_dir, out_dir, settings, device=resolve_device(device), force=force)
+    failed = manifest.get("failed", {})
+    done = len(list(Path(out_dir).glob("*.png")))
+    out.print(f"predict: {done} masks in {out_dir}" + (f"; {len(failed)} image(s) failed:" if failed else ""))
+    for name, message in failed.items():
+        out.print(f"  {name}: {message}")
+    if failed:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

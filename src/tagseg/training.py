@@ -35,6 +35,15 @@ def build_optimizer(net: nn.Module, new_modules: list[nn.Module], kind: str, lr:
     return torch.optim.AdamW(groups, weight_decay=weight_decay)
 
 
+def set_train_mode(net: nn.Module, freeze_bn: bool) -> None:
+    """Training mode, except the backbone's BatchNorm layers when ``freeze_bn`` (small batches)."""
+    net.train()
+    if freeze_bn:
+        for module in net.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
 def poly_lr(optimizer: torch.optim.Optimizer, step: int, total: int, power: float = 0.9) -> None:
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * (1 - step / total) ** power

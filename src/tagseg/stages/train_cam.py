@@ -25,7 +25,7 @@ from tagseg.models.backbones import create_backbone
 from tagseg.models.cam import CamNet, build_cam_net
 from tagseg.progress import track
 from tagseg.rundir import atomic_write, stage_dir
-from tagseg.training import build_optimizer, mean_epoch_seconds, train_epochs
+from tagseg.training import build_optimizer, mean_epoch_seconds, set_train_mode, train_epochs
 
 STAGE = "train_cam"
 MODEL_FILE = "model.pt"
@@ -112,14 +112,6 @@ def load_cam_net(path: Path, device: str = "cpu") -> tuple[CamNet, dict]:
     return net.to(device).eval(), saved
 
 
-def _set_train_mode(net: CamNet, freeze_bn: bool) -> None:
-    net.train()
-    if freeze_bn:
-        for module in net.backbone.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.eval()
-
-
 def train_cam(dataset: Dataset, run: Path, config: CamTrainConfig, *, device: str = "cpu", workers: int = 1,
               eval_dataset: Dataset | None = None, force: bool = False) -> dict:
     """Train (or resume training) the classifier; returns the stage manifest."""
@@ -159,7 +151,7 @@ def train_cam(dataset: Dataset, run: Path, config: CamTrainConfig, *, device: st
         checkpoint_path = stage.path / CHECKPOINT_FILE
         history, epochs_run = train_epochs(net, optimizer, stage, checkpoint_path, epochs=config.epochs,
                                steps_per_epoch=len(records) // config.batch_size, batches=batches,
-                               step_loss=step_loss, set_train_mode=lambda: _set_train_mode(net, config.freeze_bn),
+                               step_loss=step_loss, set_train_mode=lambda: set_train_mode(net, config.freeze_bn),
                                device=device, name=STAGE)
 
         fields = {"history": history, "seconds_per_epoch": mean_epoch_seconds(history)}

@@ -1,0 +1,160 @@
+"""The 'train_seg' stage: a DeepLab network trained on pseudo-labels (or, as the upper bound, true masks).
+
+Reads masks from a stage of the run (``labels: pseudo_labels``) or the dataset's own masks
+(``labels: ground_truth``, the fully supervised upper bound); 255 is ignored. Random
+rescale / flip / crop, SGD with poly LR and a 10x rate on the new head; a checkpoint per
+epoch and exact resume (tagseg.training).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from tagseg.data.dataset import Dataset
+from tagseg.data.imageio import IGNORE_INDEX, read_image, read_mask
+from tagseg.data.transforms import normalize, random_scale_flip_crop
+from tagseg.errors import ConfigError, DataError
+from tagseg.models.backbones import create_backbone
+from tagseg.models.segmentation import SegmentationNet, build_segmentation_net
+from tagseg.rundir import atomic_write, finished_stage, stage_dir
+from tagseg.training import build_optimizer, mean_epoch_seconds, set_train_mode, train_epochs
+
+STAGE = "train_seg"
+MODEL_FILE = "model.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
+GROUND_TRUTH = "ground_truth"
+log = logging.getLogger(__name__)
+
+
+class SegTrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    labels: str = Field("pseudo_labels", description="a mask stage of the run, or 'ground_truth'")
+    head: Literal["deeplabv3plus", "deeplabv2"] = "deeplabv3plus"
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = "imagenet"
+    output_stride: Literal[8, 16] = 16
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(8, ge=1)
+    crop_size: int = Field(320, ge=32)
+    scale_range: tuple[float, float] = (0.5, 1.5)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0)
+    head_lr_multiplier: float = Field(10.0, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    freeze_bn: bool = True
+    seed: int = 0
+
+
+class MaskCrops(torch.utils.data.Dataset):
+    """Augmented crops and their masks; randomness depends only on (seed, epoch, index)."""
+
+    def __init__(self, dataset: Dataset, mask_paths: list[Path], config: SegTrainConfig, mean, std) -> None:
+        self.dataset, self.mask_paths, self.config = dataset, mask_paths, config
+        self.mean, self.std = mean, std
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.mask_paths)
+
+    def __getitem__(self, index: int):
+        record = self.dataset.records[index]
+        image, _ = read_image(record.image_path)
+        mask = read_mask(self.mask_paths[index], self.dataset.num_classes)
+        if mask.shape != image.shape[:2]:
+            raise DataError(f"{self.mask_paths[index]}: mask {mask.shape} does not match image {record.image_path}")
+        rng = np.random.default_rng([self.config.seed, self.epoch, index])
+        crop, valid, mask = random_scale_flip_crop(image, rng, self.config.crop_size, self.config.scale_range, mask)
+        pixels = normalize(crop, self.mean, self.std)
+        pixels[:, ~valid] = 0.0
+        return torch.from_numpy(pixels), torch.from_numpy(mask.astype(np.int64))
+
+
+def build_net(config: SegTrainConfig, num_classes: int, weights: str | None) -> SegmentationNet:
+    backbone = create_backbone(config.backbone, weights=weights, output_stride=config.output_stride)
+    return build_segmentation_net(config.head, backbone, num_classes)
+
+
+def load_seg_net(path: Path, device: str = "cpu") -> tuple[SegmentationNet, dict]:
+    """Rebuild a trained segmentation network from ``model.pt``; returns it (eval mode) and its metadata."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no trained segmentation model (run `tagseg train-seg` first)")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        config = SegTrainConfig(**saved["config"])
+    except Exception as error:  # a damaged or foreign file: say which, never a traceback
+        raise DataError(f"{path}: not a TagSeg segmentation model ({error})") from None
+    net = build_net(config, len(saved["class_names"]), weights=None)
+    net.load_state_dict(saved["state_dict"])
+    return net.to(device).eval(), saved
+
+
+def _mask_paths(dataset: Dataset, run: Path, labels: str) -> list[Path]:
+    if labels == GROUND_TRUTH:
+        missing = [r.id for r in dataset.records if r.mask_path is None]
+        if missing:
+            raise DataError(f"{dataset.root}: {len(missing)} images of split {dataset.split!r} have no mask "
+                            f"(e.g. {missing[0]}); labels: ground_truth needs them all")
+        return [r.mask_path for r in dataset.records]
+    finished_stage(run, labels, STAGE)
+    paths = [Path(run) / labels / f"{r.id}.png" for r in dataset.records]
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise DataError(f"{missing[0]}: mask missing ({len(missing)} of {len(paths)} in {Path(run) / labels})")
+    return paths
+
+
+def train_seg(dataset: Dataset, run: Path, config: SegTrainConfig, *, device: str = "cpu", workers: int = 1,
+              force: bool = False) -> dict:
+    run = Path(run)
+    if len(dataset) < config.batch_size:
+        raise ConfigError(f"train_seg: {len(dataset)} images are fewer than batch_size {config.batch_size}")
+    mask_paths = _mask_paths(dataset, run, config.labels)
+    stage_config = {**config.model_dump(), "dataset": str(dataset.root.resolve()), "split": dataset.split,
+                    "classes": list(dataset.class_names)}
+    with stage_dir(run, STAGE, stage_config, force=force) as stage:
+        model_path = stage.path / MODEL_FILE
+        if model_path.exists():
+            log.info("train_seg: already trained (%s)", model_path)
+            return stage.manifest
+        torch.manual_seed(config.seed)
+        net = build_net(config, dataset.num_classes, config.weights).to(device)
+        on_gpu = device.startswith("cuda")
+        if on_gpu:
+            net = net.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(net, net.new_modules(), config.optimizer, config.lr, config.head_lr_multiplier,
+                                    config.momentum, config.weight_decay)
+        crops = MaskCrops(dataset, mask_paths, config, net.backbone.mean, net.backbone.std)
+
+        def batches(epoch: int):
+            crops.epoch = epoch
+            order = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+            return torch.utils.data.DataLoader(crops, batch_size=config.batch_size, shuffle=True, generator=order,
+                                               drop_last=True, num_workers=workers if workers > 1 else 0)
+
+        def step_loss(batch, step: int, total_steps: int) -> dict:
+            images, masks = (t.to(device) for t in batch)
+            if on_gpu:
+                images = images.contiguous(memory_format=torch.channels_last)
+            logits = net(images)
+            if not (masks != IGNORE_INDEX).any():  # every pixel ignored: no signal, and a mean over nothing is NaN
+                return {"loss": logits.sum() * 0.0}
+            return {"loss": F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)}
+
+        history, epochs_run = train_epochs(
+            net, optimizer, stage, stage.path / CHECKPOINT_FILE, epochs=config.epochs,
+            steps_per_epoch=len(dataset) // config.batch_size, batches=batches, step_loss=step_loss,
+            set_train_mode=lambda: set_train_mode(net, config.freeze_bn), device=device, name=STAGE)
+        saved = {"state_dict": net.state_dict(), "config": config.model_dump(), "class_names": dataset.class_names}
+        atomic_write(model_path, lambda tmp: torch.save(saved, tmp))
+        stage.record(items_computed=len(dataset) * epochs_run, history=history,
+                     seconds_per_epoch=mean_epoch_seconds(history))
+        return stage.manifest
