@@ -14,6 +14,7 @@ from rich.table import Table
 from tagseg import __version__
 from tagseg.errors import TagsegError
 from tagseg.progress import console
+from tagseg.rundir import read_manifest
 from tagseg.runtime import log_to_run, setup_logging
 
 app = typer.Typer(help="TagSeg: semantic segmentation from image-level tags.", no_args_is_help=True,
@@ -538,6 +539,49 @@ def predict_command(
         out.print(f"  {name}: {message}")
     if failed:
         raise typer.Exit(1)
+
+
+@app.command("run")
+def run_command(
+    recipe_path: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML (see recipes/).")],
+    overrides: Overrides = None,
+) -> None:
+    """Run a recipe's stages in order into one run directory; a rerun resumes where it stopped.
+
+    Override any recipe key with --set, e.g. --set run=runs/x --set stages.train_cam.epochs=3.
+    """
+    from tagseg.pipeline import load_recipe, run_recipe
+
+    recipe, configs = load_recipe(recipe_path, overrides)
+    log_to_run(recipe.run)
+    record = run_recipe(recipe, configs)
+    for name, entry in record["stages"].items():
+        manifest = read_manifest(recipe.run / entry["output"]) or {}
+        metrics = manifest.get("metrics") or {}
+        score = f"mIoU {_fmt(metrics['miou'])}" if metrics.get("miou") is not None else ""
+        out.print(f"{name:16s} {entry['status']:9s} {entry.get('seconds', 0):8.1f} s  {score}")
+
+
+@app.command("report")
+def report_command(
+    run: Annotated[Path, typer.Argument(help="Run directory; writes RUN/report/index.html.")],
+    upper_bound: Annotated[Optional[Path], typer.Option(help="A fully supervised run to compare the final mIoU with "
+                                                              "(default: the recipe's upper_bound_run).")] = None,
+    dataset_path: Annotated[Optional[Path], typer.Option("--dataset", help="Dataset for the gallery (default: the "
+                                                                          "recipe's).")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Split of the gallery images (default: the recipe's train split).")] = None,
+    gallery: Annotated[int, typer.Option(help="Images in the gallery.", min=0)] = 8,
+    device: Device = "auto",
+) -> None:
+    """One static HTML page: per-stage metrics, per-class IoU, threshold curves, an image gallery."""
+    from tagseg.errors import DataError
+    from tagseg.report import write_report
+    from tagseg.runtime import resolve_device
+
+    if not run.is_dir():
+        raise DataError(f"{run}: run directory not found")
+    page = write_report(run, upper_bound, gallery, resolve_device(device), dataset_path, split)
+    out.print(f"report: {page}")
 
 
 def main() -> None:

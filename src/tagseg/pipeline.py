@@ -1,0 +1,140 @@
+"""`tagseg run RECIPE.yaml`: the stages of a recipe, in order, into one run directory, resumably.
+
+A recipe names the dataset, the run directory and an ordered mapping of stage -> config.
+Every stage config is validated before anything runs (errors name ``stages.<stage>.<key>``).
+``<run>/pipeline.json`` records each stage's recipe section, status and wall time; a rerun
+skips stages finished with the same section, and each stage resumes its own items.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tagseg.config import merge, parse_overrides, read_yaml, validate
+from tagseg.errors import ConfigError
+from tagseg.rundir import read_manifest, write_json
+
+PIPELINE_FILE = "pipeline.json"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    config: type[BaseModel]
+    run: Callable  # (recipe, train split dataset, eval split dataset, config) -> manifest
+    output: Callable[[BaseModel, "Recipe"], str]  # the stage directory it writes
+
+
+def _specs() -> dict[str, StageSpec]:
+    from tagseg.stages.affinity_labels import STAGE as AL, AffinityLabelsConfig, make_affinity_labels
+    from tagseg.stages.make_cam import STAGE as MC, MakeCamConfig, make_cams
+    from tagseg.stages.perimeterfit import STAGE as PF, PerimeterFitConfig, perimeterfit
+    from tagseg.stages.pseudo_labels import STAGE as PL, PseudoLabelConfig, make_pseudo_labels
+    from tagseg.stages.random_walk import STAGE as RW, RandomWalkConfig, random_walk_stage
+    from tagseg.stages.segment import STAGE as SG, SegmentConfig, segment_split
+    from tagseg.stages.train_affinity import STAGE as TA, AffinityTrainConfig, train_affinity
+    from tagseg.stages.train_cam import STAGE as TC, CamTrainConfig, train_cam
+    from tagseg.stages.train_seg import STAGE as TS, SegTrainConfig, train_seg
+
+    def device_stage(function):
+        return lambda r, train, _, c: function(train, r.run, c, device=r.device, workers=r.workers)
+
+    def cpu_stage(function):
+        return lambda r, train, _, c: function(train, r.run, c, workers=r.workers)
+
+    return {
+        TC: StageSpec(CamTrainConfig, lambda r, train, held_out, c: train_cam(
+            train, r.run, c, device=r.device, workers=r.workers, eval_dataset=held_out), lambda c, r: TC),
+        MC: StageSpec(MakeCamConfig, device_stage(make_cams), lambda c, r: MC),
+        PF: StageSpec(PerimeterFitConfig, device_stage(perimeterfit), lambda c, r: PF),
+        AL: StageSpec(AffinityLabelsConfig, cpu_stage(make_affinity_labels), lambda c, r: AL),
+        TA: StageSpec(AffinityTrainConfig, device_stage(train_affinity), lambda c, r: TA),
+        RW: StageSpec(RandomWalkConfig, device_stage(random_walk_stage), lambda c, r: RW),
+        PL: StageSpec(PseudoLabelConfig, cpu_stage(make_pseudo_labels), lambda c, r: PL),
+        TS: StageSpec(SegTrainConfig, device_stage(train_seg), lambda c, r: TS),
+        SG: StageSpec(SegmentConfig, lambda r, train, held_out, c: segment_split(
+            held_out or train, r.run, c, device=r.device, workers=r.workers),
+            lambda c, r: f"{SG}_{r.eval_split or r.train_split}"),
+    }
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: Path
+    run: Path
+    train_split: str = "train"
+    eval_split: str | None = Field("val", description="held-out split: classifier mAP and the final segmentation")
+    device: str = "auto"
+    workers: int = Field(2, ge=1)
+    upper_bound_run: Path | None = Field(None, description="a fully supervised run to compare with in the report")
+    stages: dict[str, dict] = Field(min_length=1)
+
+    @field_validator("stages")
+    @classmethod
+    def _known(cls, stages):
+        known = _specs()
+        unknown = [name for name in stages if name not in known]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {', '.join(unknown)}; stages are {', '.join(known)}")
+        return {name: section or {} for name, section in stages.items()}
+
+
+def load_recipe(path: Path, overrides: list[str] | None = None) -> tuple[Recipe, dict[str, BaseModel]]:
+    """The recipe and each stage's validated config (relative paths are relative to the current directory)."""
+    values = merge(read_yaml(Path(path)), parse_overrides(overrides or []))
+    source = f"{path}" + (" + --set" if overrides else "")
+    recipe = validate(Recipe, values, source)
+    specs = _specs()
+    configs = {name: validate(specs[name].config, section, f"{source}: stages.{name}")
+               for name, section in recipe.stages.items()}
+    return recipe, configs
+
+
+def run_recipe(recipe: Recipe, configs: dict[str, BaseModel]) -> dict:
+    """Run (or resume) every stage; returns the pipeline record."""
+    from tagseg.data.dataset import open_dataset
+    from tagseg.runtime import resolve_device
+
+    recipe = recipe.model_copy(update={"device": resolve_device(recipe.device)})
+    train = open_dataset(recipe.dataset, recipe.train_split)
+    held_out = open_dataset(recipe.dataset, recipe.eval_split) if recipe.eval_split else None
+    record_path = recipe.run / PIPELINE_FILE
+    record = read_manifest_file(record_path)
+    record.update(recipe=recipe.model_dump(mode="json"))
+    specs = _specs()
+    for name, config in configs.items():
+        section = config.model_dump(mode="json")
+        previous = record["stages"].get(name, {})
+        output = specs[name].output(config, recipe)
+        manifest = read_manifest(recipe.run / output)
+        if (previous.get("status") == "complete" and previous.get("config") == section and manifest
+                and manifest.get("status") == "complete"):
+            log.info("run: %s already finished, skipped", name)
+            continue
+        log.info("run: stage %s", name)
+        record["stages"][name] = {"config": section, "status": "running", "output": output}
+        write_json(record_path, record)
+        started = time.perf_counter()
+        specs[name].run(recipe, train, held_out, config)
+        record["stages"][name].update(status="complete", seconds=round(time.perf_counter() - started, 2))
+        write_json(record_path, record)
+    return record
+
+
+def read_manifest_file(path: Path) -> dict:
+    if not path.exists():
+        return {"stages": {}}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: unreadable pipeline record ({error}); delete it to start the record afresh")
+    record.setdefault("stages", {})
+    return record

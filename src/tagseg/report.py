@@ -1,0 +1,208 @@
+"""`tagseg report RUN`: one static HTML page (plus PNGs) showing what every stage of a run achieved.
+
+Per-stage metrics (oracle and label-free thresholds side by side), per-class IoU, threshold
+curves drawn as inline SVG (no plotting library needed), and a gallery of training images with
+each stage's output side by side. When a fully supervised run is given (or named in the
+recipe), the final mIoU is also shown as a fraction of its.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from tagseg.artifacts import load_score_map
+from tagseg.data.dataset import open_dataset
+from tagseg.data.imageio import colorize, read_image, read_mask, write_image
+from tagseg.pipeline import PIPELINE_FILE
+from tagseg.rundir import atomic_write_text, read_manifest
+
+REPORT_DIR = "report"
+log = logging.getLogger(__name__)
+SCORE_STAGES = ("make_cam", "perimeterfit", "random_walk")
+MASK_STAGES = ("affinity_labels", "pseudo_labels")
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def stage_rows(run: Path) -> list[dict]:
+    """One row per stage directory of the run that recorded metrics, in pipeline order."""
+    rows = []
+    for directory in sorted(p for p in run.iterdir() if p.is_dir() and (p / "manifest.json").exists()):
+        manifest = read_manifest(directory) or {}
+        metrics = manifest.get("metrics")
+        if not metrics and not manifest.get("classification"):
+            continue
+        free = manifest.get("label_free") or {}
+        rows.append({"stage": directory.name, "metrics": metrics or {}, "threshold": manifest.get("threshold"),
+                     "label_free": free, "curve": manifest.get("curve") or [],
+                     "classification": manifest.get("classification"), "manifest": manifest})
+    order = {name: i for i, name in enumerate(["train_cam", "make_cam", "perimeterfit", "affinity_labels",
+                                               "random_walk", "pseudo_labels", "train_seg"])}
+    return sorted(rows, key=lambda r: (order.get(r["stage"], 50), r["stage"]))
+
+
+def curve_svg(curve: list[dict], width: int = 320, height: int = 160) -> str:
+    """mIoU (blue) and mFP / mFN (grey, dashed) against the background threshold."""
+    points = [(c["threshold"], c["miou"]) for c in curve if c["miou"] is not None]
+    if not points:
+        return ""
+    def polyline(values, style):
+        coords = " ".join(f"{30 + t * (width - 40):.1f},{height - 20 - v * (height - 30):.1f}" for t, v in values)
+        return f'<polyline fill="none" {style} points="{coords}"/>'
+    best = max(points, key=lambda p: p[1])
+    parts = [f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">',
+             f'<rect x="30" y="10" width="{width - 40}" height="{height - 30}" fill="none" stroke="#ccc"/>',
+             polyline(points, 'stroke="#1f5fbf" stroke-width="2"'),
+             f'<text x="30" y="{height - 5}" font-size="10">0</text>',
+             f'<text x="{width - 20}" y="{height - 5}" font-size="10">1</text>',
+             '<text x="2" y="14" font-size="10">mIoU</text>',
+             f'<text x="{width / 2 - 40}" y="{height - 5}" font-size="10">bg threshold; best {best[0]:.2f}: '
+             f'{100 * best[1]:.1f}</text>']
+    for key, colour in (("mfp", "#c44"), ("mfn", "#888")):
+        values = [(c["threshold"], min(c[key], 1.0)) for c in curve if c.get(key) is not None]
+        if values:
+            parts.append(polyline(values, f'stroke="{colour}" stroke-dasharray="4 2"'))
+    return "".join(parts) + "</svg>"
+
+
+def heatmap(scores: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """Best class score per pixel as a JET heatmap over the darkened image."""
+    best = scores.max(axis=0) if len(scores) else np.zeros(image.shape[:2], np.float32)
+    colours = cv2.applyColorMap(np.clip(best * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    return (0.4 * image + 0.6 * colours).astype(np.uint8)
+
+
+def gallery(run: Path, dataset, ids: list[str], out: Path, device: str = "cpu") -> list[dict]:
+    """Write the gallery PNGs; returns per image the (column, file name) pairs that exist."""
+    columns = []
+    net = None
+    model_path = run / "train_seg" / "model.pt"
+    if model_path.exists():
+        from tagseg.stages.segment import segment_image
+        from tagseg.stages.train_seg import load_seg_net
+
+        net, _ = load_seg_net(model_path, device)
+    for item_id in ids:
+        record = dataset.record(item_id)
+        image, _ = read_image(record.image_path)
+        panels = [("image", image)]
+        if record.mask_path:
+            panels.append(("ground truth", colorize(read_mask(record.mask_path, dataset.num_classes))))
+        for stage, title in (("make_cam", "CAM"), ("perimeterfit", "refined CAM"), ("random_walk", "random walk")):
+            path = run / stage / f"{item_id}.npz"
+            if path.exists():
+                panels.append((title, heatmap(load_score_map(path)[0], image)))
+            if stage == "make_cam":
+                edges = run / "perimeter_slic" / f"{item_id}.png"
+                if edges.exists():
+                    panels.append(("perimeter map", np.repeat((read_mask(edges, 2) * 255)[..., None], 3, axis=2)))
+        for stage, title in (("affinity_labels", "seeds"), ("pseudo_labels", "pseudo-label")):
+            path = run / stage / f"{item_id}.png"
+            if path.exists():
+                panels.append((title, colorize(read_mask(path, dataset.num_classes))))
+        if net is not None:
+            panels.append(("prediction", colorize(segment_image(net, image, (1.0,), True, device))))
+        entry = {"id": item_id, "panels": []}
+        for title, picture in panels:
+            name = f"{item_id}_{title.replace(' ', '_')}.png"
+            write_image(out / "gallery" / name, picture)
+            entry["panels"].append((title, f"gallery/{name}"))
+        columns.append(entry)
+    return columns
+
+
+def final_miou(run: Path) -> tuple[str | None, float | None]:
+    """The segmentation stage's mIoU (the last stage a recipe runs), if any."""
+    for directory in sorted(run.glob("segment_*")):
+        manifest = read_manifest(directory) or {}
+        if manifest.get("metrics"):
+            return directory.name, manifest["metrics"]["miou"]
+    return None, None
+
+
+def write_report(run: Path, upper_bound: Path | None = None, gallery_size: int = 8, device: str = "cpu",
+                 dataset_root: Path | None = None, split: str | None = None) -> Path:
+    """Write ``<run>/report/index.html`` and its images; returns the page's path.
+
+    The gallery's dataset comes from ``dataset_root`` or the run's recipe (none: no gallery).
+    """
+    run = Path(run)
+    out = run / REPORT_DIR
+    pipeline = json.loads((run / PIPELINE_FILE).read_text()) if (run / PIPELINE_FILE).exists() else {}
+    recipe = pipeline.get("recipe", {})
+    if upper_bound is None and recipe.get("upper_bound_run"):
+        upper_bound = Path(recipe["upper_bound_run"])
+    rows = stage_rows(run)
+    body = [f"<h1>TagSeg run {html.escape(str(run))}</h1>"]
+    final_stage, final = final_miou(run)
+    if final is not None:
+        line = f"<p><b>Final ({final_stage}) mIoU: {_pct(final)}</b>"
+        if upper_bound is not None:
+            upper_stage, upper = final_miou(upper_bound)
+            if upper:
+                line += (f"; fully supervised upper bound ({html.escape(str(upper_bound))}, {upper_stage}): "
+                         f"{_pct(upper)}; ratio <b>{final / upper:.1%}</b>")
+        body.append(line + "</p>")
+    if pipeline.get("stages"):
+        body.append("<h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>seconds</th></tr>")
+        for name, entry in pipeline["stages"].items():
+            body.append(f"<tr><td>{name}</td><td>{entry.get('status')}</td><td>{entry.get('seconds', '-')}</td></tr>")
+        body.append("</table>")
+    body.append("<h2>Metrics</h2><table><tr><th>stage</th><th>mIoU (oracle t)</th><th>mFP / mFN</th>"
+                "<th>mIoU (label-free t)</th><th>mFP / mFN (label-free)</th><th>other</th></tr>")
+    for row in rows:
+        m, free = row["metrics"], row["label_free"]
+        free_metrics = free.get("metrics") or {}
+        oracle = f"{_pct(m.get('miou'))}" + (f" ({row['threshold']:.2f})" if row["threshold"] is not None else "")
+        label_free = (f"{_pct(free_metrics.get('miou'))} ({free['threshold']:.2f})" if free_metrics else "-")
+        other = f"classifier mAP {_pct(row['classification']['map'])}" if row["classification"] else ""
+        if row["manifest"].get("seed_quality"):
+            quality = row["manifest"]["seed_quality"]
+            other = f"seed precision {_pct(quality['precision'])}%, labelled {_pct(quality['labelled_fraction'])}%"
+        body.append(f"<tr><td>{row['stage']}</td><td>{oracle}</td><td>{_ratio(m.get('mfp'))} / {_ratio(m.get('mfn'))}"
+                    f"</td><td>{label_free}</td><td>{_ratio(free_metrics.get('mfp'))} / "
+                    f"{_ratio(free_metrics.get('mfn'))}</td><td>{other}</td></tr>")
+    body.append("</table>")
+    scored = [r for r in rows if r["metrics"].get("per_class")]
+    if scored:
+        classes = list(scored[0]["metrics"]["per_class"])
+        body.append("<h2>Per-class IoU</h2><table><tr><th>class</th>"
+                    + "".join(f"<th>{r['stage']}</th>" for r in scored) + "</tr>")
+        for name in classes:
+            cells = "".join(f"<td>{_pct(r['metrics']['per_class'].get(name, {}).get('iou'))}</td>" for r in scored)
+            body.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
+        body.append("</table>")
+    curves = [r for r in rows if r["curve"]]
+    if curves:
+        body.append("<h2>Threshold curves</h2><p>mIoU (blue), mFP (red) and mFN (grey) against the background "
+                    "threshold.</p><div>")
+        body += [f"<figure><figcaption>{r['stage']}</figcaption>{curve_svg(r['curve'])}</figure>" for r in curves]
+        body.append("</div>")
+    dataset_root = dataset_root or recipe.get("dataset")
+    if dataset_root:
+        dataset = open_dataset(dataset_root, split or recipe.get("train_split", "train"))
+        ids = [r.id for r in dataset.records if r.mask_path][:gallery_size] or dataset.ids[:gallery_size]
+        body.append("<h2>Gallery (training images)</h2><table>")
+        for entry in gallery(run, dataset, ids, out, device):
+            body.append("<tr>" + "".join(f'<td><img src="{src}" alt="{title}" width="200"><br>{title}</td>'
+                                         for title, src in entry["panels"]) + f"<td>{entry['id']}</td></tr>")
+        body.append("</table>")
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>TagSeg report</title><style>"
+            "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
+            "td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}figure{display:inline-block}"
+            "</style></head><body>" + "\n".join(body) + "</body></html>\n")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "index.html", page)
+    return out / "index.html"
