@@ -18,10 +18,11 @@ install: $(BIN)/tagseg
 demo: $(BIN)/tagseg
 	$(BIN)/tagseg data synth $(DEMO)/data --count 200
 	$(BIN)/tagseg data check $(DEMO)/data
-	$(BIN)/tagseg prior $(DEMO)/data $(DEMO)/run --split train
-	$(BIN)/tagseg train-cam $(DEMO)/data $(DEMO)/run --set epochs=6 --set crop_size=160 --set lr=0.001
-	$(BIN)/tagseg make-cam $(DEMO)/data $(DEMO)/run --set "scales=[1.0, 1.5]"
-	$(BIN)/tagseg eval $(DEMO)/run/make_cam $(DEMO)/data --split train
+	$(BIN)/tagseg run recipes/demo_silop.yaml --set dataset=$(DEMO)/data --set run=$(DEMO)/run \
+		--set upper_bound_run=$(DEMO)/run_fully_supervised
+	$(BIN)/tagseg run recipes/demo_fully_supervised.yaml --set dataset=$(DEMO)/data \
+		--set run=$(DEMO)/run_fully_supervised
+	$(BIN)/tagseg report $(DEMO)/run
 
 test: $(BIN)/tagseg
 	$(BIN)/python -m pytest -q
