@@ -35,8 +35,9 @@ from tagseg.stages.perimeterfit import PerimeterFitConfig, _load, grid_search, p
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "msrc-voc"
-METHODS = [("slic", ("slic",), "product"), ("quickshift", ("quickshift",), "product"),
-           ("slic + quickshift", ("slic", "quickshift"), "product"),
+METHODS = [("slic: cam*slic", ("slic",), "product"), ("quickshift: cam*quick", ("quickshift",), "product"),
+           ("both: cam*slic*quick", ("slic", "quickshift"), "product"),
+           ("slic: cam*slic + cam", ("slic",), "silop"), ("quickshift: cam*quick + cam", ("quickshift",), "silop"),
            ("silop: cam*slic*quick + cam", ("slic", "quickshift"), "silop")]
 
 

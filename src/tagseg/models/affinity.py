@@ -12,6 +12,8 @@ balanced loss on pairs of seed pixels from confident CAM regions.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -29,7 +31,7 @@ def _branch(in_channels: int, out_channels: int) -> nn.Sequential:
                          nn.ReLU(inplace=True))
 
 
-class AffinityModel(nn.Module):
+class AffinityModel(nn.Module, ABC):
     """Frozen backbone + per-level 1x1 branches fused at stride 4; subclasses turn the fused map into affinities."""
 
     def __init__(self, backbone: Backbone, branch_channels: int, fused_channels: int) -> None:
@@ -55,9 +57,9 @@ class AffinityModel(nn.Module):
                 if level.shape[-2:] != size else branch(level) for branch, level in zip(self.branches, levels[1:])]
         return self.fuse(torch.cat(maps, dim=1))
 
+    @abstractmethod
     def affinities(self, images: torch.Tensor, offsets) -> torch.Tensor:
         """Affinities (B, K, h, w) in [0, 1] between each stride-4 pixel and pixel + offset_k."""
-        raise NotImplementedError
 
     def loss(self, images: torch.Tensor, pairs: dict[str, torch.Tensor], offsets) -> dict:
         return affinity_loss(self.affinities(images, offsets), pairs)

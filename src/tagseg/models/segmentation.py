@@ -10,6 +10,8 @@ Both return logits at the input size.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,7 +27,7 @@ def _conv_norm_relu(in_channels: int, out_channels: int, kernel: int = 1, dilati
                          nn.GroupNorm(16, out_channels), nn.ReLU(inplace=True))
 
 
-class SegmentationNet(nn.Module):
+class SegmentationNet(nn.Module, ABC):
     """Backbone + head; ``new_modules`` are the layers trained from scratch (larger learning rate)."""
 
     def __init__(self, backbone: Backbone, num_classes: int) -> None:
@@ -36,8 +38,9 @@ class SegmentationNet(nn.Module):
     def new_modules(self) -> list[nn.Module]:
         return [m for m in self.children() if m is not self.backbone]
 
+    @abstractmethod
     def logits_at_stride(self, images: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Class logits (B, C, h, w) at the head's own resolution."""
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.logits_at_stride(images)

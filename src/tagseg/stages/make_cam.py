@@ -78,7 +78,7 @@ def make_cams(dataset: Dataset, run: Path, config: MakeCamConfig, *, device: str
               force: bool = False) -> dict:
     model_path = Path(run) / TRAIN_STAGE / MODEL_FILE
     net, saved = load_cam_net(model_path, device)
-    stage_config = {**config.model_dump(), "model": str(model_path.resolve()),
+    stage_config = {**config.model_dump(), "model": f"{TRAIN_STAGE}/{MODEL_FILE}",
                     "model_mtime": model_path.stat().st_mtime_ns,
                     "dataset": str(dataset.root.resolve()), "split": dataset.split}
     with stage_dir(run, STAGE, stage_config, force=force) as stage:

@@ -73,7 +73,7 @@ def segment_split(dataset: Dataset, run: Path, config: SegmentConfig, *, device:
     model_path = run / TRAIN_STAGE / MODEL_FILE
     net, _ = load_seg_net(model_path, device)
     name = f"{STAGE}_{dataset.split or 'all'}"
-    stage_config = {**config.model_dump(), "model": str(model_path.resolve()),
+    stage_config = {**config.model_dump(), "model": f"{TRAIN_STAGE}/{MODEL_FILE}",
                     "model_mtime": model_path.stat().st_mtime_ns, "dataset": str(dataset.root.resolve()),
                     "split": dataset.split}
     crf_params = config.crf_settings.params() if config.crf else None
