@@ -37,6 +37,8 @@ def test_puzzle_reconstruction_on_tagged_classes_only():
     # class 0 after ReLU: |2-1| + |0-0| = 1, averaged over all B*K*H*W = 4 entries
     assert losses.puzzle_reconstruction(full, merged, targets).item() == pytest.approx(1 / 4)
     assert losses.puzzle_reconstruction(full, merged).item() == pytest.approx((1 + 2 + 5 + 5) / 4)
+    # class 0 raw logits (the reference code's masking): |2-1| + |-3-(-1)| = 3
+    assert losses.puzzle_reconstruction(full, merged, targets, rectified=False).item() == pytest.approx(3 / 4)
 
 
 def test_attention_pooling_by_hand():

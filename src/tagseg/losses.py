@@ -12,17 +12,19 @@ def multilabel_soft_margin(logits: torch.Tensor, targets: torch.Tensor) -> torch
 
 
 def puzzle_reconstruction(full_cams: torch.Tensor, merged_cams: torch.Tensor,
-                          targets: torch.Tensor | None = None) -> torch.Tensor:
+                          targets: torch.Tensor | None = None, rectified: bool = True) -> torch.Tensor:
     """Puzzle-CAM eq. 6: L1 distance between the full image's CAMs and the merged tile CAMs (mean).
 
-    With ``targets`` only the tagged classes' ReLU'd maps (the maps used at inference) are
-    compared. On all classes' raw logits the loss fights the classification loss of absent
+    With ``targets`` only the tagged classes are compared: their ReLU'd maps (the maps used at
+    inference) when ``rectified``, else their raw logits (the reference code's "masking"
+    option). On all classes' raw logits the loss fights the classification loss of absent
     classes (which wants them strongly negative, tiles or not) and training collapses.
     """
     if targets is None:
         return (full_cams - merged_cams).abs().mean()
-    mask = targets[:, :, None, None]
-    return ((F.relu(full_cams) - F.relu(merged_cams)).abs() * mask).mean()
+    if rectified:
+        full_cams, merged_cams = F.relu(full_cams), F.relu(merged_cams)
+    return ((full_cams - merged_cams).abs() * targets[:, :, None, None]).mean()
 
 
 def puzzle_alpha(step: int, total_steps: int, alpha_max: float = 4.0) -> float:

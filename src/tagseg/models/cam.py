@@ -19,6 +19,7 @@ from tagseg import losses
 from tagseg.models.backbones import Backbone
 
 HEADS = ("cam", "puzzle", "attention", "dilated")
+RECONSTRUCTIONS = ("tagged", "tagged_logits", "all")  # which CAMs Puzzle-CAM's L_re compares
 
 
 def tile_2x2(images: torch.Tensor) -> torch.Tensor:
@@ -73,10 +74,12 @@ class CamNet(nn.Module):
 class PuzzleCamNet(CamNet):
     """Puzzle-CAM: L_cls + L_p-cls + alpha * L_re, alpha ramped over the first half of training."""
 
-    def __init__(self, backbone: Backbone, num_classes: int, alpha: float = 4.0, tagged_only: bool = True) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, alpha: float = 4.0, reconstruction: str = "tagged") -> None:
         super().__init__(backbone, num_classes)
+        if reconstruction not in RECONSTRUCTIONS:
+            raise ValueError(f"unknown Puzzle-CAM reconstruction {reconstruction!r}; choose from {RECONSTRUCTIONS}")
         self.alpha = alpha
-        self.tagged_only = tagged_only
+        self.reconstruction = reconstruction
 
     def loss(self, images, targets, step, total_steps):
         full = self.cams(images)
@@ -86,7 +89,8 @@ class PuzzleCamNet(CamNet):
                              f"{tuple(full.shape[-2:])}: use a crop size divisible by twice the stride")
         cls = losses.multilabel_soft_margin(global_average(full), targets)
         p_cls = losses.multilabel_soft_margin(global_average(merged), targets)
-        reconstruction = losses.puzzle_reconstruction(full, merged, targets if self.tagged_only else None)
+        reconstruction = losses.puzzle_reconstruction(full, merged, None if self.reconstruction == "all" else targets,
+                                                      rectified=self.reconstruction == "tagged")
         alpha = losses.puzzle_alpha(step, total_steps, self.alpha)
         return {"loss": cls + p_cls + alpha * reconstruction, "cls": cls.detach(), "p_cls": p_cls.detach(),
                 "re": reconstruction.detach(), "alpha": torch.tensor(alpha)}
@@ -152,12 +156,12 @@ class DilatedCamNet(CamNet):
 
 
 def build_cam_net(head: str, backbone: Backbone, num_classes: int, *, puzzle_alpha: float = 4.0,
-                  puzzle_tagged_only: bool = True, attention_intensity: float = 1e-3, dilations=(3, 6, 9), dilated_hidden: int = 512,
+                  puzzle_reconstruction: str = "tagged", attention_intensity: float = 1e-3, dilations=(3, 6, 9), dilated_hidden: int = 512,
                   lambda_cls: float = 0.1, dense_at_inference: bool = False) -> CamNet:
     if head == "cam":
         return CamNet(backbone, num_classes)
     if head == "puzzle":
-        return PuzzleCamNet(backbone, num_classes, puzzle_alpha, puzzle_tagged_only)
+        return PuzzleCamNet(backbone, num_classes, puzzle_alpha, puzzle_reconstruction)
     if head == "attention":
         return AttentionCamNet(backbone, num_classes, attention_intensity)
     if head == "dilated":

@@ -51,8 +51,9 @@ class CamTrainConfig(BaseModel):
     weight_decay: float = Field(1e-4, ge=0)
     freeze_bn: bool = Field(True, description="keep the backbone's BatchNorm statistics fixed (small batches)")
     puzzle_alpha: float = Field(4.0, ge=0)
-    puzzle_reconstruction: Literal["tagged", "all"] = Field(
-        "tagged", description="L_re on the tagged classes' ReLU'd CAMs, or on all raw CAM logits (eq. 6 as printed)")
+    puzzle_reconstruction: Literal["tagged", "tagged_logits", "all"] = Field(
+        "tagged", description="L_re on the tagged classes' ReLU'd CAMs, their raw logits (reference code), or on all "
+                              "classes' raw logits (eq. 6 as printed)")
     attention_intensity: float = Field(1e-3, ge=0)
     dilations: tuple[int, ...] = (3, 6, 9)
     lambda_cls: float = Field(0.1, ge=0)
@@ -96,7 +97,7 @@ class TagCrops(torch.utils.data.Dataset):
 def build_net(config: CamTrainConfig, num_classes: int, weights: str | None) -> CamNet:
     backbone = create_backbone(config.backbone, weights=weights, output_stride=config.output_stride)
     return build_cam_net(config.head, backbone, num_classes, puzzle_alpha=config.puzzle_alpha,
-                         puzzle_tagged_only=config.puzzle_reconstruction == "tagged",
+                         puzzle_reconstruction=config.puzzle_reconstruction,
                          attention_intensity=config.attention_intensity, dilations=config.dilations,
                          lambda_cls=config.lambda_cls, dense_at_inference=config.dense_at_inference)
 
