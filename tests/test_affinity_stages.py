@@ -99,6 +99,15 @@ def test_chain_runs_end_to_end_and_resumes(synthetic, tmp_path):
         assert again["timings"]["items_computed"] == len(dataset)
         assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
         assert train_affinity(dataset, run, AffinityTrainConfig(kind=kind, **TINY))["history"] == trained["history"]
+        masks_again = make_pseudo_labels(dataset, run, PseudoLabelConfig())
+        assert masks_again["timings"]["items_computed"] == len(dataset)
+
+    seeds = sorted((tmp_path / "affinity_labels").glob("*.png"))
+    seeds[0].unlink()
+    stamps = {p: p.stat().st_mtime_ns for p in seeds[1:]}
+    resumed = make_affinity_labels(dataset, tmp_path, AffinityLabelsConfig(fg_threshold=0.6, bg_threshold=0.2))
+    assert resumed["timings"]["items_computed"] == len(dataset) + 1 and seeds[0].exists()
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
 
 
 def test_affinity_training_resumes_exactly(synthetic, tmp_path, monkeypatch):
