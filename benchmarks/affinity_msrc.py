@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from common import MSRC, ROOT, link, pct
 from tagseg.config import load_config
 from tagseg.data.dataset import open_dataset
 from tagseg.rundir import read_manifest
@@ -25,20 +26,8 @@ from tagseg.stages.pseudo_labels import PseudoLabelConfig, make_pseudo_labels
 from tagseg.stages.random_walk import RandomWalkConfig, random_walk_stage
 from tagseg.stages.train_affinity import AffinityTrainConfig, train_affinity
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "msrc-voc"
 
 
-def pct(value):
-    return None if value is None else round(100 * value, 2)
-
-
-def link(target: Path, name: Path) -> None:
-    name.parent.mkdir(parents=True, exist_ok=True)
-    if name.is_symlink() and name.resolve() != target.resolve():
-        name.unlink()
-    if not name.exists():
-        name.symlink_to(target.resolve())
 
 
 def metrics_row(manifest: dict) -> dict:
@@ -90,7 +79,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=MSRC)
     parser.add_argument("--cam-run", type=Path, default=ROOT / "runs" / "bench_cam_msrc" / "cam")
     parser.add_argument("--perimeterfit-run", type=Path, default=ROOT / "runs" / "bench_perimeterfit")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench_affinity")

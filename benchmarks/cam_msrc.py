@@ -18,18 +18,14 @@ from pathlib import Path
 
 import torch
 
+from common import MSRC, ROOT, pct
 from tagseg.config import load_config
 from tagseg.data.dataset import open_dataset
 from tagseg.runtime import setup_logging
 from tagseg.stages.make_cam import MakeCamConfig, make_cams
 from tagseg.stages.train_cam import CamTrainConfig, train_cam
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "msrc-voc"
 
-
-def pct(value):
-    return None if value is None else round(100 * value, 2)
 
 
 def run_head(head: str, data: Path, runs: Path, overrides: list[str], cam_overrides: list[str]) -> dict:
@@ -64,7 +60,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=MSRC)
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench_cam_msrc")
     parser.add_argument("--heads", nargs="+", default=["cam", "puzzle", "attention", "dilated"])
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="train_cam KEY=VALUE")

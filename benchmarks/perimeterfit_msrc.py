@@ -17,32 +17,27 @@ import json
 import platform
 import sys
 import time
-from collections import deque
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
+from common import MSRC, ROOT, link, pct
 from tagseg.artifacts import load_score_map
 from tagseg.data.dataset import open_dataset
 from tagseg.evaluate import GroundTruth
-from tagseg.refine.perimeterfit import fit_masks, perimeter_regions
+from tagseg.refine.perimeterfit import fit_masks, flood_fill_reference, perimeter_regions
 from tagseg.rundir import read_manifest
 from tagseg.runtime import setup_logging
 from tagseg.stages.perimeter import perimeter_maps, read_perimeter, stage_name
 from tagseg.stages.perimeterfit import PerimeterFitConfig, _load, grid_search, perimeterfit
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "msrc-voc"
 METHODS = [("slic: cam*slic", ("slic",), "product"), ("quickshift: cam*quick", ("quickshift",), "product"),
            ("both: cam*slic*quick", ("slic", "quickshift"), "product"),
            ("slic: cam*slic + cam", ("slic",), "silop"), ("quickshift: cam*quick + cam", ("quickshift",), "silop"),
            ("silop: cam*slic*quick + cam", ("slic", "quickshift"), "silop")]
 
-
-def pct(value):
-    return None if value is None else round(100 * value, 2)
 
 
 def cam_row(cam_manifest: dict) -> dict:
@@ -83,19 +78,7 @@ def method_rows(dataset, run: Path, ids: list[str], grid, workers: int) -> list[
 def flood_fill_seconds(cam: np.ndarray, perimeter: np.ndarray, threshold: float) -> float:
     """One class with the per-pixel flood fill of SILOP's Algorithm 2 (pure Python BFS), for contrast."""
     started = time.perf_counter()
-    height, width = perimeter.shape
-    removed = np.zeros_like(perimeter)
-    for y, x in zip(*np.nonzero((cam <= threshold) & ~perimeter)):
-        if removed[y, x]:
-            continue
-        queue = deque([(y, x)])
-        removed[y, x] = True
-        while queue:
-            cy, cx = queue.popleft()
-            for ny, nx in ((cy - 1, cx), (cy + 1, cx), (cy, cx - 1), (cy, cx + 1)):
-                if 0 <= ny < height and 0 <= nx < width and not perimeter[ny, nx] and not removed[ny, nx]:
-                    removed[ny, nx] = True
-                    queue.append((ny, nx))
+    flood_fill_reference(cam[None], perimeter, threshold)
     return time.perf_counter() - started
 
 
@@ -148,7 +131,7 @@ def table(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=MSRC)
     parser.add_argument("--cam-run", type=Path, default=ROOT / "runs" / "bench_cam_msrc" / "cam")
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "bench_perimeterfit",
                         help="run directory for the perimeter maps and the stage (make_cam is linked in)")
@@ -209,14 +192,6 @@ def main() -> None:
     write(result, args.out)
     print(table(result))
 
-
-def link(target: Path, name: Path) -> None:
-    """Point ``name`` at ``target`` (the CAMs under study), replacing an older link."""
-    name.parent.mkdir(parents=True, exist_ok=True)
-    if name.is_symlink() and name.resolve() != target.resolve():
-        name.unlink()
-    if not name.exists():
-        name.symlink_to(target.resolve())
 
 
 def write(result: dict, out: Path) -> None:

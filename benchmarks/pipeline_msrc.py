@@ -14,22 +14,19 @@ import json
 import sys
 from pathlib import Path
 
+from common import MSRC, ROOT, pct
 from tagseg.pipeline import load_recipe, run_recipe
 from tagseg.rundir import read_manifest
 from tagseg.runtime import setup_logging
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def pct(value):
-    return None if value is None else round(100 * value, 2)
 
 
 def run_one(name: str, runs: Path, extra: list[str]) -> dict:
     run = runs / name
     recipe, configs = load_recipe(ROOT / "recipes" / f"{name}.yaml",
                                   [f"run={run}", f"upper_bound_run={runs / 'fully_supervised'}",
-                                   f"dataset={ROOT.parent / 'shared' / 'data' / 'msrc-voc'}", *extra])
+                                   f"dataset={MSRC}", *extra])
     record = run_recipe(recipe, configs)
     stages = {k: v.get("seconds") for k, v in record["stages"].items()}
     pseudo = read_manifest(run / "pseudo_labels") or {}

@@ -1,38 +1,13 @@
-"""PerimeterFit against a per-pixel flood-fill reference; USS and perimeter maps on known images."""
+"""PerimeterFit against the per-pixel flood-fill reference; USS and perimeter maps on known images."""
 
 from __future__ import annotations
-
-from collections import deque
 
 import numpy as np
 import pytest
 
 from tagseg.refine.perimeter import perimeter_map, simplified_image
-from tagseg.refine.perimeterfit import combine, fit_masks, perimeter_regions
+from tagseg.refine.perimeterfit import combine, fit_masks, flood_fill_reference, perimeter_regions
 from tagseg.refine.uss import presegment, unsupervised_segmentation, upsample_labels
-
-
-def flood_fill_reference(scores: np.ndarray, perimeter: np.ndarray, threshold: float) -> np.ndarray:
-    """Algorithm 2 literally: from every CAM-negative pixel flood-fill (4-neighbours) up to the
-    perimeter edges, removing what the fill reaches; edge pixels keep their own CAM decision."""
-    height, width = perimeter.shape
-    masks = np.zeros(scores.shape, bool)
-    for k, cam in enumerate(scores):
-        removed = np.zeros((height, width), bool)
-        for y in range(height):
-            for x in range(width):
-                if perimeter[y, x] or cam[y, x] > threshold or removed[y, x]:
-                    continue
-                queue = deque([(y, x)])
-                removed[y, x] = True
-                while queue:
-                    cy, cx = queue.popleft()
-                    for ny, nx in ((cy - 1, cx), (cy + 1, cx), (cy, cx - 1), (cy, cx + 1)):
-                        if 0 <= ny < height and 0 <= nx < width and not perimeter[ny, nx] and not removed[ny, nx]:
-                            removed[ny, nx] = True
-                            queue.append((ny, nx))
-        masks[k] = np.where(perimeter, cam > threshold, ~removed)
-    return masks
 
 
 def random_perimeter(rng: np.random.Generator, height: int, width: int) -> np.ndarray:

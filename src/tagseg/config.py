@@ -95,3 +95,10 @@ class CrfConfig(BaseModel):
         from tagseg.refine.crf import CrfParams
 
         return CrfParams(**self.model_dump())
+
+
+def positive_scales(scales: tuple[float, ...]) -> tuple[float, ...]:
+    """Validator for multi-scale inference settings: a non-empty list of positive factors."""
+    if not scales or min(scales) <= 0:
+        raise ValueError("scales must be a non-empty list of positive factors")
+    return scales

@@ -168,3 +168,13 @@ def evaluate(prediction_dir: Path, truth: GroundTruth, workers: int = 1,
     else:
         result = evaluate_scores(prediction_dir, truth, thresholds, workers)
     return {"prediction": str(prediction_dir), "ground_truth": truth.source, **result}
+
+
+def score_stage_fields(folder: Path, dataset: Dataset, workers: int = 1) -> dict:
+    """What a score stage records about its output: oracle metrics, curve and label-free threshold when
+    the dataset has masks, else the label-free threshold alone."""
+    if any(r.mask_path for r in dataset.records):
+        result = evaluate_scores(folder, GroundTruth.from_dataset(dataset), workers=workers)
+        return {"metrics": result["metrics"], "threshold": result["threshold"], "curve": result["curve"],
+                "label_free": result["label_free"]}
+    return {"label_free": {"threshold": label_free_threshold_of(folder, dataset.ids, workers)}}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,15 @@ from tagseg.progress import track
 from tagseg.rundir import ArtifactDir, atomic_write
 
 log = logging.getLogger(__name__)
+
+
+def epoch_loader(crops: torch.utils.data.Dataset, batch_size: int, seed: int, epoch: int,
+                 workers: int = 1) -> torch.utils.data.DataLoader:
+    """One epoch's batches: the shuffle depends only on (seed, epoch); an incomplete last batch is dropped."""
+    crops.epoch = epoch
+    order = torch.Generator().manual_seed(seed * 1000 + epoch)
+    return torch.utils.data.DataLoader(crops, batch_size=batch_size, shuffle=True, generator=order, drop_last=True,
+                                       num_workers=workers if workers > 1 else 0)
 
 
 def build_optimizer(net: nn.Module, new_modules: list[nn.Module], kind: str, lr: float, new_lr_multiplier: float,
@@ -50,14 +59,14 @@ def poly_lr(optimizer: torch.optim.Optimizer, step: int, total: int, power: floa
 
 
 def train_epochs(net: nn.Module, optimizer: torch.optim.Optimizer, stage: ArtifactDir, checkpoint_path: Path, *,
-                 epochs: int, steps_per_epoch: int, batches: Callable[[int], Iterable],
+                 crops: torch.utils.data.Dataset, epochs: int, batch_size: int, seed: int, workers: int,
                  step_loss: Callable[[object, int, int], dict], set_train_mode: Callable[[], None],
                  device: str, name: str) -> tuple[list[dict], int]:
     """Run (or resume) ``epochs`` epochs; returns the per-epoch history (mean losses, seconds) and
     how many epochs this call ran.
 
-    ``batches(epoch)`` yields the epoch's batches; ``step_loss(batch, step, total_steps)``
-    returns a dict of losses whose ``loss`` entry is minimised.
+    ``crops`` is a dataset with an ``epoch`` attribute its augmentation depends on;
+    ``step_loss(batch, step, total_steps)`` returns a dict of losses whose ``loss`` entry is minimised.
     """
     on_gpu = device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=on_gpu)
@@ -69,11 +78,13 @@ def train_epochs(net: nn.Module, optimizer: torch.optim.Optimizer, stage: Artifa
         scaler.load_state_dict(state["scaler"])
         history, first_epoch = state["history"], state["epoch"]
         log.info("%s: resuming after epoch %d of %d", name, first_epoch, epochs)
+    steps_per_epoch = len(crops) // batch_size
     total_steps = steps_per_epoch * epochs
     for epoch in range(first_epoch, epochs):
         set_train_mode()
         started, sums = time.perf_counter(), {}
-        for index, batch in enumerate(track(batches(epoch), steps_per_epoch, f"{name} epoch {epoch + 1}/{epochs}")):
+        batches = epoch_loader(crops, batch_size, seed, epoch, workers)
+        for index, batch in enumerate(track(batches, steps_per_epoch, f"{name} epoch {epoch + 1}/{epochs}")):
             step = epoch * steps_per_epoch + index
             poly_lr(optimizer, step, total_steps)
             with torch.autocast("cuda", enabled=on_gpu):

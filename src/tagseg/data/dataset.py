@@ -11,11 +11,12 @@ import csv
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
 
-from tagseg.data.imageio import read_image, read_mask
+from tagseg.data.imageio import image_size, read_image, read_mask
 from tagseg.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -258,3 +259,15 @@ def open_dataset(root: Path | str, split: str | None = None, *, strict: bool = T
     if strict and dataset.errors:
         raise DatasetError(root, dataset.errors)
     return dataset
+
+
+def batches_by_size(records: list[Record], batch_size: int) -> list[list[Record]]:
+    """Records grouped into batches of at most ``batch_size`` images that all share one size
+    (read from the file headers), so each batch stacks into one tensor."""
+    sizes = {r.id: image_size(r.image_path) for r in records}
+    ordered = sorted(records, key=lambda r: sizes[r.id])
+    batches: list[list[Record]] = []
+    for _, same_size in groupby(ordered, key=lambda r: sizes[r.id]):
+        group = list(same_size)
+        batches += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
+    return batches

@@ -11,6 +11,7 @@ threshold without a per-pixel loop, which also makes the threshold grid search c
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Literal
 
 import cv2
@@ -59,3 +60,26 @@ def combine(scores: np.ndarray, masks: list[np.ndarray], combination: Combinatio
     if combination == "silop":
         return (scores * (1.0 + kept) / 2.0).astype(np.float32)
     raise ValueError(f"unknown combination {combination!r}")
+
+
+def flood_fill_reference(scores: np.ndarray, perimeter: np.ndarray, threshold: float) -> np.ndarray:
+    """Algorithm 2 literally, for tests and benchmarks only (pure Python, seconds per image): from every
+    CAM-negative pixel, flood-fill over 4-neighbours up to the perimeter edges and drop what the fill
+    reaches; edge pixels keep their own CAM decision. Same result as :func:`fit_masks`."""
+    height, width = perimeter.shape
+    masks = np.zeros(scores.shape, bool)
+    for k, cam in enumerate(scores):
+        removed = np.zeros((height, width), bool)
+        for y, x in zip(*np.nonzero((cam <= threshold) & ~perimeter)):
+            if removed[y, x]:
+                continue
+            queue = deque([(y, x)])
+            removed[y, x] = True
+            while queue:
+                cy, cx = queue.popleft()
+                for ny, nx in ((cy - 1, cx), (cy + 1, cx), (cy, cx - 1), (cy, cx + 1)):
+                    if 0 <= ny < height and 0 <= nx < width and not perimeter[ny, nx] and not removed[ny, nx]:
+                        removed[ny, nx] = True
+                        queue.append((ny, nx))
+        masks[k] = np.where(perimeter, cam > threshold, ~removed)
+    return masks

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +18,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tagseg.artifacts import save_score_map
-from tagseg.data.dataset import Dataset, Record
-from tagseg.data.imageio import image_size, read_image
+from tagseg.config import positive_scales
+from tagseg.data.dataset import Dataset, Record, batches_by_size
+from tagseg.data.imageio import read_image
 from tagseg.data.transforms import resize, to_batch
-from tagseg.evaluate import GroundTruth, evaluate_scores, label_free_threshold_of
+from tagseg.evaluate import score_stage_fields
 from tagseg.models.cam import CamNet, upsampled_cams
 from tagseg.progress import parallel_map
 from tagseg.rundir import stage_dir
@@ -39,12 +39,7 @@ class MakeCamConfig(BaseModel):
     flip: bool = True
     batch_size: int = Field(4, ge=1, description="images of the same size per forward pass")
 
-    @field_validator("scales")
-    @classmethod
-    def _positive(cls, scales):
-        if not scales or min(scales) <= 0:
-            raise ValueError("scales must be a non-empty list of positive factors")
-        return scales
+    _scales = field_validator("scales")(positive_scales)
 
 
 @torch.no_grad()
@@ -84,12 +79,7 @@ def make_cams(dataset: Dataset, run: Path, config: MakeCamConfig, *, device: str
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
         todo = [dataset.record(i) for i in stage.pending(dataset.ids, ".npz")]
         log.info("make_cam: %d of %d images to do", len(todo), len(dataset))
-        sizes = {r.id: image_size(r.image_path) for r in todo}
-        todo.sort(key=lambda r: sizes[r.id])
-        batches: list[list[Record]] = []
-        for _, same_size in groupby(todo, key=lambda r: sizes[r.id]):
-            group = list(same_size)
-            batches += [group[i:i + config.batch_size] for i in range(0, len(group), config.batch_size)]
+        batches = batches_by_size(todo, config.batch_size)
 
         def load(batch: list[Record]):
             return batch, [read_image(r.image_path)[0] for r in batch]
@@ -103,10 +93,5 @@ def make_cams(dataset: Dataset, run: Path, config: MakeCamConfig, *, device: str
         if todo:
             stage.record(items_computed=len(todo),
                          images_per_second=round(len(todo) / (time.perf_counter() - started), 3))
-        if any(r.mask_path for r in dataset.records):
-            result = evaluate_scores(stage.path, GroundTruth.from_dataset(dataset), workers=workers)
-            stage.record(metrics=result["metrics"], threshold=result["threshold"], curve=result["curve"],
-                         label_free=result["label_free"])
-        else:
-            stage.record(label_free={"threshold": label_free_threshold_of(stage.path, dataset.ids, workers)})
+        stage.record(**score_stage_fields(stage.path, dataset, workers))
         return stage.manifest

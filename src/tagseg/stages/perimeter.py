@@ -12,15 +12,14 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from itertools import groupby
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from tagseg.data.dataset import Dataset, Record
-from tagseg.data.imageio import image_size, read_image, read_mask, write_mask
+from tagseg.data.dataset import Dataset, Record, batches_by_size
+from tagseg.data.imageio import read_image, read_mask, write_mask
 from tagseg.progress import parallel_map
 from tagseg.refine.perimeter import perimeter_map, simplified_image
 from tagseg.refine.uss import presegment, reduced, unsupervised_segmentation, upsample_labels
@@ -83,12 +82,7 @@ def _variant_maps(dataset: Dataset, run: Path, config: PerimeterConfig, variant:
         log.info("perimeter %s: %d of %d images to do", variant, len(todo), len(dataset))
         if not todo:
             return stage.manifest
-        sizes = {r.id: image_size(r.image_path) for r in todo}
-        todo.sort(key=lambda r: sizes[r.id])
-        batches: list[list[Record]] = []
-        for _, same_size in groupby(todo, key=lambda r: sizes[r.id]):
-            group = list(same_size)
-            batches += [group[i:i + config.batch_size] for i in range(0, len(group), config.batch_size)]
+        batches = batches_by_size(todo, config.batch_size)
         seconds = dict(stage.manifest.get("seconds", {"presegment": 0.0, "uss": 0.0, "canny": 0.0}))
 
         def prepare(batch: list[Record]):

@@ -22,7 +22,7 @@ from tagseg.artifacts import load_score_map, save_score_map
 from tagseg.data.dataset import Dataset
 from tagseg.data.imageio import read_mask
 from tagseg.errors import StageError
-from tagseg.evaluate import DEFAULT_THRESHOLDS, GroundTruth, evaluate_scores, label_free_threshold_of
+from tagseg.evaluate import DEFAULT_THRESHOLDS, GroundTruth, label_free_threshold_of, score_stage_fields
 from tagseg.metrics import ThresholdSweep
 from tagseg.progress import parallel_map
 from tagseg.refine.perimeterfit import Combination, combine, fit_masks, perimeter_regions, region_minimum
@@ -130,12 +130,7 @@ def perimeterfit(dataset: Dataset, run: Path, config: PerimeterFitConfig, *, dev
         for _ in parallel_map(refine_one, todo, len(todo), f"perimeterfit ({len(todo)} images)", workers):
             pass
         stage.record(items_computed=len(todo))
-        if has_masks:
-            result = evaluate_scores(stage.path, GroundTruth.from_dataset(dataset), workers=workers)
-            stage.record(metrics=result["metrics"], threshold=result["threshold"], curve=result["curve"],
-                         label_free=result["label_free"])
-        else:
-            stage.record(label_free={"threshold": label_free_threshold_of(stage.path, dataset.ids, workers)})
+        stage.record(**score_stage_fields(stage.path, dataset, workers))
         return stage.manifest
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tagseg.artifacts import save_score_map
 from tagseg.data.dataset import Dataset, Record
 from tagseg.data.imageio import image_size
-from tagseg.evaluate import GroundTruth, evaluate_scores
+from tagseg.evaluate import score_stage_fields
 from tagseg.progress import parallel_map
 from tagseg.rundir import stage_dir
 
@@ -54,7 +54,5 @@ def run_prior(dataset: Dataset, run: Path, config: PriorConfig, *, force: bool =
         for _ in parallel_map(make, records, len(records), "prior", workers):
             pass
         stage.record(items_computed=len(todo))
-        if any(r.mask_path for r in dataset.records):
-            result = evaluate_scores(stage.path, GroundTruth.from_dataset(dataset), workers=workers)
-            stage.record(metrics=result["metrics"], threshold=result["threshold"], curve=result["curve"])
+        stage.record(**score_stage_fields(stage.path, dataset, workers))
         return stage.manifest

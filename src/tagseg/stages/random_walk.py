@@ -23,7 +23,7 @@ from tagseg.artifacts import load_score_map, save_score_map
 from tagseg.data.dataset import Dataset
 from tagseg.data.imageio import read_image
 from tagseg.data.transforms import to_batch
-from tagseg.evaluate import GroundTruth, evaluate_scores, label_free_threshold_of
+from tagseg.evaluate import score_stage_fields
 from tagseg.models.affinity import AffinityModel, BoundaryNet
 from tagseg.progress import parallel_map
 from tagseg.refine.random_walk import neighbor_offsets, path_affinities, random_walk, transition_matrix
@@ -105,10 +105,5 @@ def random_walk_stage(dataset: Dataset, run: Path, config: RandomWalkConfig, *, 
         if todo:
             stage.record(items_computed=len(todo),
                          seconds_per_image=round((time.perf_counter() - started) / len(todo), 4))
-        if any(r.mask_path for r in dataset.records):
-            result = evaluate_scores(stage.path, GroundTruth.from_dataset(dataset), workers=workers)
-            stage.record(metrics=result["metrics"], threshold=result["threshold"], curve=result["curve"],
-                         label_free=result["label_free"])
-        else:
-            stage.record(label_free={"threshold": label_free_threshold_of(stage.path, dataset.ids, workers)})
+        stage.record(**score_stage_fields(stage.path, dataset, workers))
         return stage.manifest

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from tagseg.config import CrfConfig
+from tagseg.config import CrfConfig, positive_scales
 from tagseg.data.dataset import Dataset, Problem, find_images
 from tagseg.data.imageio import colorize, read_image, write_image, write_mask
 from tagseg.data.transforms import resize, to_batch
@@ -39,12 +39,7 @@ class SegmentConfig(BaseModel):
     crf: bool = False
     crf_settings: CrfConfig = CrfConfig()
 
-    @field_validator("scales")
-    @classmethod
-    def _positive(cls, scales):
-        if not scales or min(scales) <= 0:
-            raise ValueError("scales must be a non-empty list of positive factors")
-        return scales
+    _scales = field_validator("scales")(positive_scales)
 
 
 @torch.no_grad()

@@ -115,12 +115,6 @@ def train_affinity(dataset: Dataset, run: Path, config: AffinityTrainConfig, *, 
                                     config.weight_decay)
         crops = SeedCrops(dataset, run / LABELS_STAGE, config, net.backbone.mean, net.backbone.std)
 
-        def batches(epoch: int):
-            crops.epoch = epoch
-            order = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-            return torch.utils.data.DataLoader(crops, batch_size=config.batch_size, shuffle=True, generator=order,
-                                               drop_last=True, num_workers=workers if workers > 1 else 0)
-
         def step_loss(batch, step: int, total_steps: int) -> dict:
             images, fg, bg, negative = (t.to(device) for t in batch)
             pairs = {"fg_positive": fg, "bg_positive": bg, "negative": negative}
@@ -128,7 +122,7 @@ def train_affinity(dataset: Dataset, run: Path, config: AffinityTrainConfig, *, 
 
         history, epochs_run = train_epochs(
             net, optimizer, stage, stage.path / CHECKPOINT_FILE, epochs=config.epochs,
-            steps_per_epoch=len(dataset) // config.batch_size, batches=batches, step_loss=step_loss,
+            crops=crops, batch_size=config.batch_size, seed=config.seed, workers=workers, step_loss=step_loss,
             set_train_mode=net.train, device=device, name=STAGE)
         saved = {"state_dict": net.state_dict(), "config": config.model_dump()}
         atomic_write(model_path, lambda tmp: torch.save(saved, tmp))

@@ -137,12 +137,6 @@ def train_cam(dataset: Dataset, run: Path, config: CamTrainConfig, *, device: st
                                     config.momentum, config.weight_decay)
         crops = TagCrops(dataset, records, config, net.backbone.mean, net.backbone.std)
 
-        def batches(epoch: int):
-            crops.epoch = epoch
-            order = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-            return torch.utils.data.DataLoader(crops, batch_size=config.batch_size, shuffle=True, generator=order,
-                                               drop_last=True, num_workers=workers if workers > 1 else 0)
-
         def step_loss(batch, step: int, total_steps: int) -> dict:
             images, targets = (t.to(device) for t in batch)
             if on_gpu:
@@ -151,7 +145,7 @@ def train_cam(dataset: Dataset, run: Path, config: CamTrainConfig, *, device: st
 
         checkpoint_path = stage.path / CHECKPOINT_FILE
         history, epochs_run = train_epochs(net, optimizer, stage, checkpoint_path, epochs=config.epochs,
-                               steps_per_epoch=len(records) // config.batch_size, batches=batches,
+                               crops=crops, batch_size=config.batch_size, seed=config.seed, workers=workers,
                                step_loss=step_loss, set_train_mode=lambda: set_train_mode(net, config.freeze_bn),
                                device=device, name=STAGE)
 

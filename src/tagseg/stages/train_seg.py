@@ -134,12 +134,6 @@ def train_seg(dataset: Dataset, run: Path, config: SegTrainConfig, *, device: st
                                     config.momentum, config.weight_decay)
         crops = MaskCrops(dataset, mask_paths, config, net.backbone.mean, net.backbone.std)
 
-        def batches(epoch: int):
-            crops.epoch = epoch
-            order = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-            return torch.utils.data.DataLoader(crops, batch_size=config.batch_size, shuffle=True, generator=order,
-                                               drop_last=True, num_workers=workers if workers > 1 else 0)
-
         def step_loss(batch, step: int, total_steps: int) -> dict:
             images, masks = (t.to(device) for t in batch)
             if on_gpu:
@@ -151,7 +145,7 @@ def train_seg(dataset: Dataset, run: Path, config: SegTrainConfig, *, device: st
 
         history, epochs_run = train_epochs(
             net, optimizer, stage, stage.path / CHECKPOINT_FILE, epochs=config.epochs,
-            steps_per_epoch=len(dataset) // config.batch_size, batches=batches, step_loss=step_loss,
+            crops=crops, batch_size=config.batch_size, seed=config.seed, workers=workers, step_loss=step_loss,
             set_train_mode=lambda: set_train_mode(net, config.freeze_bn), device=device, name=STAGE)
         saved = {"state_dict": net.state_dict(), "config": config.model_dump(), "class_names": dataset.class_names}
         atomic_write(model_path, lambda tmp: torch.save(saved, tmp))

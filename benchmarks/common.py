@@ -1,0 +1,22 @@
+"""Helpers the benchmark scripts share (they run as `python benchmarks/<name>.py`, so this imports as `common`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MSRC = ROOT.parent / "shared" / "data" / "msrc-voc"
+
+
+def pct(value):
+    """A 0-1 score as a percentage rounded for tables (None stays None)."""
+    return None if value is None else round(100 * value, 2)
+
+
+def link(target: Path, name: Path) -> None:
+    """Point the symlink ``name`` at ``target`` (the inputs under study), replacing an older link."""
+    name.parent.mkdir(parents=True, exist_ok=True)
+    if name.is_symlink() and name.resolve() != target.resolve():
+        name.unlink()
+    if not name.exists():
+        name.symlink_to(target.resolve())
