@@ -138,10 +138,18 @@ def main() -> None:
     parser.add_argument("--full-run", type=Path, default=ROOT / "runs" / "bench_perimeterfit_full")
     parser.add_argument("--full-images", type=int, default=40, help="images for the full-resolution USS comparison")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--speed-only", action="store_true",
+                        help="re-measure only PerimeterFit's speed, into the existing result file")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "perimeterfit_msrc.json")
     args = parser.parse_args()
     setup_logging()
     dataset = open_dataset(args.data, "train")
+    if args.speed_only:
+        result = json.loads(args.out.read_text())
+        result["fit_speed"] = fit_speed(args.run, dataset.ids)
+        write(result, args.out)
+        print(table(result))
+        return
     cam_manifest = read_manifest(args.cam_run / "make_cam")
     if not cam_manifest or cam_manifest.get("status") != "complete":
         sys.exit(f"{args.cam_run}/make_cam: no finished CAMs (run benchmarks/cam_msrc.py first)")

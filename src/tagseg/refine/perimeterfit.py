@@ -40,10 +40,10 @@ def fit_masks(scores: np.ndarray, regions: np.ndarray, threshold: float,
     """Bool (K, H, W): pixels of each class's CAM that lie in a region with no CAM-negative pixel
     (score <= ``threshold``), plus edge pixels whose own score is positive."""
     minimum = region_minimum(scores, regions) if minimum is None else minimum
-    survives = minimum[:, regions] > threshold
-    on_edge = regions == 0
-    survives[:, on_edge] = scores[:, on_edge] > threshold
-    return survives
+    keep = minimum > threshold
+    keep[:, 0] = True  # edge pixels: decided by their own score below
+    # inside a kept region every score is above the threshold already, so the AND only acts on edges
+    return keep[:, regions] & (scores > threshold)
 
 
 def combine(scores: np.ndarray, masks: list[np.ndarray], combination: Combination = "silop") -> np.ndarray:
