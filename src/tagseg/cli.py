@@ -281,7 +281,8 @@ def make_cam_command(
 @app.command("perimeter")
 def perimeter_command(
     dataset_path: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset root.")],
-    run: Annotated[Path, typer.Argument(help="Run directory; writes RUN/perimeter_slic/ and RUN/perimeter_quickshift/.")],
+    run: Annotated[Path, typer.Argument(help="Run directory; writes RUN/perimeter_slic/ and "
+                                             "RUN/perimeter_quickshift/.")],
     config: ConfigFile = None,
     overrides: Overrides = None,
     split: Annotated[str, typer.Option(help="Split to draw perimeter maps for.")] = "train",
@@ -569,7 +570,8 @@ def report_command(
                                                               "(default: the recipe's upper_bound_run).")] = None,
     dataset_path: Annotated[Optional[Path], typer.Option("--dataset", help="Dataset for the gallery (default: the "
                                                                           "recipe's).")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Split of the gallery images (default: the recipe's train split).")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Split of the gallery images (default: the recipe's train "
+                                                     "split).")] = None,
     gallery: Annotated[int, typer.Option(help="Images in the gallery.", min=0)] = 8,
     device: Device = "auto",
 ) -> None:

@@ -74,7 +74,8 @@ class CamNet(nn.Module):
 class PuzzleCamNet(CamNet):
     """Puzzle-CAM: L_cls + L_p-cls + alpha * L_re, alpha ramped over the first half of training."""
 
-    def __init__(self, backbone: Backbone, num_classes: int, alpha: float = 4.0, reconstruction: str = "tagged") -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, alpha: float = 4.0,
+                 reconstruction: str = "tagged_logits") -> None:
         super().__init__(backbone, num_classes)
         if reconstruction not in RECONSTRUCTIONS:
             raise ValueError(f"unknown Puzzle-CAM reconstruction {reconstruction!r}; choose from {RECONSTRUCTIONS}")
@@ -156,7 +157,8 @@ class DilatedCamNet(CamNet):
 
 
 def build_cam_net(head: str, backbone: Backbone, num_classes: int, *, puzzle_alpha: float = 4.0,
-                  puzzle_reconstruction: str = "tagged", attention_intensity: float = 1e-3, dilations=(3, 6, 9), dilated_hidden: int = 512,
+                  puzzle_reconstruction: str = "tagged_logits", attention_intensity: float = 1e-3,
+                  dilations=(3, 6, 9), dilated_hidden: int = 512,
                   lambda_cls: float = 0.1, dense_at_inference: bool = False) -> CamNet:
     if head == "cam":
         return CamNet(backbone, num_classes)

@@ -70,7 +70,8 @@ class DeepLabV3Plus(SegmentationNet):
         self.pool = _conv_norm_relu(final, channels)
         self.project = _conv_norm_relu(channels * (len(dilations) + 2), channels)
         self.low = _conv_norm_relu(backbone.level_channels[1], 48)
-        self.decoder = nn.Sequential(_conv_norm_relu(channels + 48, channels, 3), _conv_norm_relu(channels, channels, 3))
+        self.decoder = nn.Sequential(_conv_norm_relu(channels + 48, channels, 3),
+                                     _conv_norm_relu(channels, channels, 3))
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def logits_at_stride(self, images):

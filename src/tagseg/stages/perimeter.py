@@ -33,7 +33,8 @@ class PerimeterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     variants: tuple[Variant, ...] = Field(("slic", "quickshift"), min_length=1)
-    max_side: int | None = Field(160, ge=16, description="USS on the image shrunk to this longer side; null = full size")
+    max_side: int | None = Field(160, ge=16,
+                                 description="USS on the image shrunk to this longer side; null = full size")
     clusters: int = Field(32, ge=2, description="q: the most clusters USS may keep")
     iterations: int = Field(64, ge=1)
     lr: float = Field(0.05, gt=0)

@@ -98,7 +98,8 @@ def random_walk_stage(dataset: Dataset, run: Path, config: RandomWalkConfig, *, 
     net, saved = load_affinity_model(model_path, device)
     offsets = neighbor_offsets(config.radius)
     stage_config = {**config.model_dump(), "source_config": source["config"],
-                    "model": f"{TRAIN_STAGE}/{MODEL_FILE}", "model_mtime": model_path.stat().st_mtime_ns, "dataset": str(dataset.root.resolve()),
+                    "model": f"{TRAIN_STAGE}/{MODEL_FILE}", "model_mtime": model_path.stat().st_mtime_ns,
+                    "dataset": str(dataset.root.resolve()),
                     "split": dataset.split}
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
         todo = stage.pending(dataset.ids, ".npz")

@@ -33,6 +33,10 @@ CHECKPOINT_FILE = "checkpoint.pt"
 log = logging.getLogger(__name__)
 
 
+HEAD_KEYS = {"puzzle": ("puzzle_alpha", "puzzle_reconstruction"), "attention": ("attention_intensity",),
+             "dilated": ("dilations", "lambda_cls", "dense_at_inference")}  # settings only that head reads
+
+
 class CamTrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -51,14 +55,20 @@ class CamTrainConfig(BaseModel):
     weight_decay: float = Field(1e-4, ge=0)
     freeze_bn: bool = Field(True, description="keep the backbone's BatchNorm statistics fixed (small batches)")
     puzzle_alpha: float = Field(4.0, ge=0)
-    puzzle_reconstruction: Literal["tagged", "tagged_logits", "all"] = Field(
-        "tagged", description="L_re on the tagged classes' ReLU'd CAMs, their raw logits (reference code), or on all "
-                              "classes' raw logits (eq. 6 as printed)")
+    puzzle_reconstruction: Literal["tagged_logits", "tagged", "all"] = Field(
+        "tagged_logits", description="L_re on the tagged classes' raw logits (the reference code's masking), "
+                                     "their ReLU'd CAMs, or all classes' raw logits (eq. 6 as printed)")
     attention_intensity: float = Field(1e-3, ge=0)
     dilations: tuple[int, ...] = (3, 6, 9)
     lambda_cls: float = Field(0.1, ge=0)
     dense_at_inference: bool = False
     seed: int = 0
+
+    def identity(self) -> dict:
+        """The settings that determine the trained model: other heads' keys are left out, so changing
+        a Puzzle-CAM default does not invalidate a plain-CAM run."""
+        unused = {key for head, keys in HEAD_KEYS.items() if head != self.head for key in keys}
+        return {k: v for k, v in self.model_dump().items() if k not in unused}
 
     @model_validator(mode="after")
     def _check(self) -> "CamTrainConfig":
@@ -121,7 +131,7 @@ def train_cam(dataset: Dataset, run: Path, config: CamTrainConfig, *, device: st
         log.warning("train_cam: %d images without tags are left out of training", len(dataset) - len(records))
     if len(records) < config.batch_size:
         raise ConfigError(f"train_cam: {len(records)} tagged images are fewer than batch_size {config.batch_size}")
-    stage_config = {**config.model_dump(), "dataset": str(dataset.root.resolve()), "split": dataset.split,
+    stage_config = {**config.identity(), "dataset": str(dataset.root.resolve()), "split": dataset.split,
                     "classes": list(dataset.class_names)}
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
         model_path = stage.path / MODEL_FILE
