@@ -470,7 +470,7 @@ def train_seg_command(
 
     Keys: labels (pseudo_labels | ground_truth | any mask stage), head (deeplabv3plus | deeplabv2),
     backbone, weights, output_stride (16), epochs (10), batch_size (8), crop_size (320),
-    scale_range ([0.5, 1.5]), optimizer (sgd), lr (0.01), head_lr_multiplier (10), freeze_bn (true), seed.
+    scale_range ([0.5, 1.5]), optimizer (adamw), lr (0.0003), head_lr_multiplier (10), freeze_bn (true), seed.
     """
     from tagseg.config import load_config
     from tagseg.runtime import resolve_device
