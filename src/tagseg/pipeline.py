@@ -107,7 +107,7 @@ def run_recipe(recipe: Recipe, configs: dict[str, BaseModel]) -> dict:
     train = open_dataset(recipe.dataset, recipe.train_split)
     held_out = open_dataset(recipe.dataset, recipe.eval_split) if recipe.eval_split else None
     record_path = recipe.run / PIPELINE_FILE
-    record = read_manifest_file(record_path)
+    record = read_pipeline_record(record_path)
     record.update(recipe=recipe.model_dump(mode="json"))
     specs = _specs()
     for name, config in configs.items():
@@ -129,7 +129,8 @@ def run_recipe(recipe: Recipe, configs: dict[str, BaseModel]) -> dict:
     return record
 
 
-def read_manifest_file(path: Path) -> dict:
+def read_pipeline_record(path: Path) -> dict:
+    """``pipeline.json`` as a dict (an empty record when the run is new)."""
     if not path.exists():
         return {"stages": {}}
     try:
