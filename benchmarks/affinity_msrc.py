@@ -62,18 +62,19 @@ def run_input(name: str, source_run: Path, source_stage: str, run: Path, data: P
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| input | CAM | RW | RW + CRF | RW (label-free t) |", "|---|---|---|---|---|"]
+    lines = ["| input | affinity net | CAM | RW | RW + CRF | RW (label-free t) |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['input']} | {r['cam']['miou']:.1f} | {r['rw']['miou']:.1f} | {r['rw_crf']['miou']:.1f} | "
+        lines.append(f"| {r['input']} | {r['affinity']['kind']} | {r['cam']['miou']:.1f} | {r['rw']['miou']:.1f} | {r['rw_crf']['miou']:.1f} | "
                      f"{r['rw_label_free']['miou']:.1f} |")
-    lines += ["", "| input | mFP / mFN: CAM | RW | RW + CRF | seed precision / labelled | RW s/img | CRF s/img |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "| input | mFP / mFN: CAM | RW | RW + CRF | seed precision / labelled | RW s/img | CRF s/img "
+              "| train s/epoch |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["seeds"]
         lines.append(f"| {r['input']} | {r['cam']['mfp']:.2f} / {r['cam']['mfn']:.2f} | {r['rw']['mfp']:.2f} / "
                      f"{r['rw']['mfn']:.2f} | {r['rw_crf']['mfp']:.2f} / {r['rw_crf']['mfn']:.2f} | "
                      f"{100 * s['precision']:.1f}% / {100 * s['labelled_fraction']:.1f}% | "
-                     f"{r['rw_seconds_per_image']} | {r['crf_seconds_per_image']} |")
+                     f"{r['rw_seconds_per_image']} | {r['crf_seconds_per_image']} | "
+                     f"{r['affinity']['seconds_per_epoch']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +16,7 @@ from tagseg.data.make_synthetic import write_synthetic_dataset
 from tagseg.errors import ConfigError, StageError
 from tagseg.refine.random_walk import neighbor_offsets, path_affinities
 from tagseg.stages.affinity_labels import AffinityLabelsConfig, make_affinity_labels
-from tagseg.stages.pseudo_labels import PseudoLabelConfig, make_pseudo_labels, pseudo_label
+from tagseg.stages.pseudo_labels import PseudoLabelConfig, make_pseudo_labels, pseudo_label, source_threshold
 from tagseg.stages.random_walk import RandomWalkConfig, propagate, random_walk_stage
 from tagseg.stages.train_affinity import AffinityTrainConfig, train_affinity
 from test_perimeterfit_stage import fake_cams
@@ -61,6 +63,20 @@ def test_pseudo_label_threshold_crf_and_ignore_band():
     noisy[0, 5, 5] = 0.0  # one hole the CRF should close
     snapped = pseudo_label(noisy, classes, 0.3, image, 0.7, CrfParams(), 0.0)
     assert snapped[5, 5] == 3 and set(np.unique(snapped)) <= {0, 3, 7}
+
+
+def test_pseudo_label_threshold_choice():
+    scored = {"threshold": 0.29, "label_free": {"threshold": 0.417}}
+    source = Path("run/random_walk")
+    assert source_threshold(scored, 0.3, source) == 0.3
+    assert source_threshold(scored, "label_free", source) == 0.417
+    assert source_threshold(scored, "oracle", source) == 0.29
+    with pytest.raises(StageError, match=r"run/random_walk has no oracle threshold \(it was scored without"):
+        source_threshold({"label_free": {"threshold": 0.4}}, "oracle", source)
+    with pytest.raises(ValueError, match="label_free"):
+        PseudoLabelConfig(threshold="best")
+    with pytest.raises(ValueError, match="less than 1"):
+        PseudoLabelConfig(threshold=1.5)
 
 
 def test_chain_runs_end_to_end_and_resumes(synthetic, tmp_path):

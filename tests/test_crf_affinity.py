@@ -158,3 +158,20 @@ def test_affinity_loss_empty_set_contributes_zero_and_batches_broadcast():
     assert empty["loss"].item() == 0.0
     empty["loss"].backward()
     assert torch.equal(leaf.grad, torch.zeros_like(leaf))
+
+
+@pytest.mark.parametrize("radius", [1, 3])
+def test_embedding_distances_match_the_broadcast_formula_and_its_gradient(radius):
+    from tagseg.models.affinity import embedding_distances
+    from tagseg.refine.random_walk import neighbor_maps, neighbor_offsets
+
+    offsets = neighbor_offsets(radius)
+    features = torch.randn(2, 5, 7, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(radius),
+                           requires_grad=True)
+    broadcast = (features.unsqueeze(0) - neighbor_maps(features, offsets, 0.0)).abs().mean(dim=2).transpose(0, 1)
+    distances = embedding_distances(features, offsets)
+    torch.testing.assert_close(distances, broadcast)
+    upstream = torch.randn_like(distances)
+    torch.testing.assert_close(torch.autograd.grad(distances, features, upstream)[0],
+                               torch.autograd.grad(broadcast, features, upstream)[0])
+    assert torch.autograd.gradcheck(lambda f: embedding_distances(f, offsets), (features,))

@@ -36,6 +36,14 @@ def test_heads_return_logits_at_input_size(head):
     assert logits.shape == (2, 5, 72, 100)
 
 
+def test_deeplabv3plus_uses_atrous_separable_convolutions():
+    net = build_segmentation_net("deeplabv3plus", create_backbone(weights=None), num_classes=5)
+    head_convs = [m for module in net.new_modules() for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    spatial = [m for m in head_convs if m.kernel_size == (3, 3)]
+    assert len(spatial) == 5 and all(m.groups == m.in_channels for m in spatial)
+    assert sorted(m.dilation[0] for m in spatial) == [1, 1, 6, 12, 18]
+
+
 def test_overlay_paints_only_foreground():
     image = np.full((2, 2, 3), 100, np.uint8)
     mask = np.array([[0, 1], [0, 0]], np.uint8)

@@ -32,14 +32,19 @@ def _as_offsets(offsets: Offsets) -> np.ndarray:
     return np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
 
 
+def shifted_overlap(height: int, width: int, dy: int, dx: int) -> tuple[int, int, int, int]:
+    """The pixels (y0:y1, x0:x1) whose partner at (y + dy, x + dx) lies inside an height x width map."""
+    y0, x0 = min(height, max(0, -dy)), min(width, max(0, -dx))
+    return y0, max(y0, height - max(0, dy)), x0, max(x0, width - max(0, dx))
+
+
 def neighbor_maps(values: torch.Tensor, offsets: Offsets, fill: float | int | bool) -> torch.Tensor:
     """Shifted copies (K, *values.shape): out[k, ..., y, x] = values[..., y + dy_k, x + dx_k], or ``fill`` outside."""
     offsets = _as_offsets(offsets)
     height, width = values.shape[-2:]
     out = values.new_full((len(offsets), *values.shape), fill)
     for k, (dy, dx) in enumerate(offsets.tolist()):
-        y0, x0 = min(height, max(0, -dy)), min(width, max(0, -dx))
-        y1, x1 = max(y0, height - max(0, dy)), max(x0, width - max(0, dx))
+        y0, y1, x0, x1 = shifted_overlap(height, width, dy, dx)
         out[k, ..., y0:y1, x0:x1] = values[..., y0 + dy:y1 + dy, x0 + dx:x1 + dx]
     return out
 

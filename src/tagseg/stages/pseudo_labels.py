@@ -1,7 +1,9 @@
 """The 'pseudo_labels' stage: final training masks (palette PNGs) from a score stage, optionally CRF'd.
 
 A pixel takes its best tagged class where that class's score is above the background
-threshold (default: the source stage's label-free one), else background. With ``crf`` the
+threshold, else background. The threshold is a number, the source stage's label-free one
+(default: needs no masks), or its oracle one (``oracle``: the best on the split's own masks,
+as SILOP and IRN pick their thresholds on the training masks). With ``crf`` the
 mask is snapped to colour edges by a dense CRF on the labels. With ``ignore_band`` > 0,
 pixels whose best score lies within the band around the threshold become 255 (ignored by
 the segmentation network's loss).
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,11 +37,24 @@ class PseudoLabelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     scores: str = Field("random_walk", description="the score stage to turn into masks")
-    threshold: float | None = Field(None, ge=0, lt=1, description="background threshold; default: label-free")
+    threshold: Annotated[float, Field(ge=0, lt=1)] | Literal["label_free", "oracle"] = Field(
+        "label_free", description="background threshold: a number in [0, 1), 'label_free' or 'oracle'")
     crf: bool = True
     crf_gt_prob: float = Field(0.7, gt=0, lt=1, description="CRF confidence in the input labels")
     crf_settings: CrfConfig = CrfConfig()
     ignore_band: float = Field(0.0, ge=0, lt=1, description="best scores within this of the threshold -> 255")
+
+
+def source_threshold(source: dict, choice: float | str, source_path: Path) -> float:
+    """The background threshold to use: ``choice`` itself, or the one the source stage recorded."""
+    if not isinstance(choice, str):
+        return float(choice)
+    recorded = source.get("label_free", {}).get("threshold") if choice == "label_free" else source.get("threshold")
+    if recorded is None:
+        why = "was scored without ground-truth masks" if choice == "oracle" else "recorded none"
+        raise StageError(f"pseudo_labels: {source_path} has no {choice} threshold (it {why}); "
+                         "set threshold to a number")
+    return float(recorded)
 
 
 def pseudo_label(scores: np.ndarray, classes: np.ndarray, threshold: float, image: np.ndarray | None,
@@ -71,11 +87,7 @@ def make_pseudo_labels(dataset: Dataset, run: Path, config: PseudoLabelConfig, *
                        force: bool = False) -> dict:
     run = Path(run)
     source = finished_stage(run, config.scores, STAGE)
-    threshold = config.threshold
-    if threshold is None:
-        threshold = source.get("label_free", {}).get("threshold")
-        if threshold is None:
-            raise StageError(f"pseudo_labels: {run / config.scores} has no label-free threshold; set threshold")
+    threshold = source_threshold(source, config.threshold, run / config.scores)
     stage_config = {**config.model_dump(), "source_config": source["config"],
                     "dataset": str(dataset.root.resolve()), "split": dataset.split}
     crf_params = config.crf_settings.params() if config.crf else None
