@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from tagseg.models.backbones import Backbone
 from tagseg.refine.affinity_labels import affinity_loss
-from tagseg.refine.random_walk import _as_offsets, path_affinities, shifted_overlap
+from tagseg.refine.random_walk import as_offsets, path_affinities, shifted_overlap
 
 KINDS = ("affinitynet", "boundary")
 FEATURE_STRIDE = 4
@@ -35,8 +35,8 @@ class _EmbeddingDistances(torch.autograd.Function):
     """mean_c |f(p) - f(p + offset_k)| for every offset, one offset at a time.
 
     The plain broadcast formulation materialises (and keeps for backward) K shifted copies of
-    the embedding: about 1 GB per batch of eight 320x320 crops at radius 5, and 13 s per CPU
-    training step. Here backward recomputes each offset's sign instead, so memory stays at one
+    the embedding: about 1 GB per batch of eight 320x320 crops at radius 5, slow to allocate and
+    to stream through on a CPU. Here backward recomputes each offset's sign instead, so memory stays at one
     embedding plus the (B, K, h, w) output. A partner outside the map counts as 0 (the loss
     never uses such pairs).
     """
@@ -45,7 +45,7 @@ class _EmbeddingDistances(torch.autograd.Function):
     def forward(ctx, features: torch.Tensor, offsets: list[tuple[int, int]]) -> torch.Tensor:
         ctx.save_for_backward(features)
         ctx.offsets = offsets
-        batch, _, height, width = features.shape
+        height, width = features.shape[-2:]
         outside = features.abs().mean(dim=1)
         out = outside.unsqueeze(1).repeat(1, len(offsets), 1, 1)
         for k, (dy, dx) in enumerate(offsets):
@@ -76,7 +76,7 @@ class _EmbeddingDistances(torch.autograd.Function):
 
 def embedding_distances(features: torch.Tensor, offsets) -> torch.Tensor:
     """(B, K, h, w) mean absolute channel difference between each pixel and pixel + offset_k."""
-    return _EmbeddingDistances.apply(features, [tuple(o) for o in _as_offsets(offsets).tolist()])
+    return _EmbeddingDistances.apply(features, [tuple(o) for o in as_offsets(offsets).tolist()])
 
 
 class AffinityModel(nn.Module, ABC):

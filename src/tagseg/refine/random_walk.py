@@ -28,7 +28,8 @@ def neighbor_offsets(radius: int) -> np.ndarray:
     return np.stack([dy[keep], dx[keep]], axis=1).astype(np.int64)
 
 
-def _as_offsets(offsets: Offsets) -> np.ndarray:
+def as_offsets(offsets: Offsets) -> np.ndarray:
+    """Offsets as an (K, 2) int64 array of (dy, dx) rows."""
     return np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
 
 
@@ -40,7 +41,7 @@ def shifted_overlap(height: int, width: int, dy: int, dx: int) -> tuple[int, int
 
 def neighbor_maps(values: torch.Tensor, offsets: Offsets, fill: float | int | bool) -> torch.Tensor:
     """Shifted copies (K, *values.shape): out[k, ..., y, x] = values[..., y + dy_k, x + dx_k], or ``fill`` outside."""
-    offsets = _as_offsets(offsets)
+    offsets = as_offsets(offsets)
     height, width = values.shape[-2:]
     out = values.new_full((len(offsets), *values.shape), fill)
     for k, (dy, dx) in enumerate(offsets.tolist()):
@@ -55,7 +56,7 @@ def path_affinities(boundary: torch.Tensor, offsets: Offsets) -> torch.Tensor:
     The segment is sampled at max(|dy|, |dx|) + 1 points rounded to pixel centres, endpoints
     included. Pairs whose second pixel lies outside the image read boundary 1, so get 0.
     """
-    offsets = _as_offsets(offsets)
+    offsets = as_offsets(offsets)
     result = boundary.new_empty((len(offsets), *boundary.shape))
     for k, (dy, dx) in enumerate(offsets.tolist()):
         t = np.linspace(0.0, 1.0, max(abs(dy), abs(dx)) + 1)
@@ -95,7 +96,7 @@ def transition_matrix(affinities: torch.Tensor, offsets: Offsets, beta: float) -
     divided by its sum. Indices are int32 and columns sorted within rows; peak memory is about
     8 bytes per stored entry plus a few (K, h, w) maps.
     """
-    offsets = _as_offsets(offsets)
+    offsets = as_offsets(offsets)
     _, height, width = affinities.shape
     size = height * width
     device = affinities.device
@@ -145,7 +146,7 @@ def random_walk_dense_reference(scores: torch.Tensor, affinities: torch.Tensor, 
     Equals ``random_walk(scores, transition_matrix(affinities, offsets, beta), 2 ** logt)``
     but needs N^2 memory, so only for small maps and timing comparisons.
     """
-    offsets = _as_offsets(offsets)
+    offsets = as_offsets(offsets)
     classes, height, width = scores.shape
     size = height * width
     device = scores.device
