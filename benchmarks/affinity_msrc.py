@@ -64,7 +64,8 @@ def run_input(name: str, source_run: Path, source_stage: str, run: Path, data: P
 def table(rows: list[dict]) -> str:
     lines = ["| input | affinity net | CAM | RW | RW + CRF | RW (label-free t) |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['input']} | {r['affinity']['kind']} | {r['cam']['miou']:.1f} | {r['rw']['miou']:.1f} | {r['rw_crf']['miou']:.1f} | "
+        lines.append(f"| {r['input']} | {r['affinity']['kind']} | {r['cam']['miou']:.1f} | {r['rw']['miou']:.1f} | "
+                     f"{r['rw_crf']['miou']:.1f} | "
                      f"{r['rw_label_free']['miou']:.1f} |")
     lines += ["", "| input | mFP / mFN: CAM | RW | RW + CRF | seed precision / labelled | RW s/img | CRF s/img "
               "| train s/epoch |", "|---|---|---|---|---|---|---|---|"]

@@ -35,9 +35,9 @@ class _EmbeddingDistances(torch.autograd.Function):
     """mean_c |f(p) - f(p + offset_k)| for every offset, one offset at a time.
 
     The plain broadcast formulation materialises (and keeps for backward) K shifted copies of
-    the embedding: about 1 GB per batch of eight 320x320 crops at radius 5, slow to allocate and
-    to stream through on a CPU. Here backward recomputes each offset's sign instead, so memory stays at one
-    embedding plus the (B, K, h, w) output. A partner outside the map counts as 0 (the loss
+    the embedding: about 1 GB per batch of eight 320x320 crops at radius 5, slow to allocate
+    and to stream through on a CPU. Here backward recomputes each offset's sign instead, so
+    memory stays at one embedding plus the (B, K, h, w) output. A partner outside the map counts as 0 (the loss
     never uses such pairs).
     """
 
@@ -61,17 +61,17 @@ class _EmbeddingDistances(torch.autograd.Function):
         _, channels, height, width = features.shape
         grad = torch.zeros_like(features)
         weights = grad_out / channels
-        sign_alone = features.sign()
+        alone = weights.new_zeros(weights.shape[0], height, width)  # summed weight of each pixel's partner-less pairs
         for k, (dy, dx) in enumerate(ctx.offsets):
             y0, y1, x0, x1 = shifted_overlap(height, width, dy, dx)
-            alone = weights[:, k].clone()
-            alone[:, y0:y1, x0:x1] = 0
-            grad += sign_alone * alone.unsqueeze(1)
+            outside = torch.ones_like(alone, dtype=torch.bool)
+            outside[:, y0:y1, x0:x1] = False
+            alone += torch.where(outside, weights[:, k], 0)
             inside = (features[..., y0:y1, x0:x1] - features[..., y0 + dy:y1 + dy, x0 + dx:x1 + dx]).sign_()
             inside *= weights[:, k, y0:y1, x0:x1].unsqueeze(1)
             grad[..., y0:y1, x0:x1] += inside
             grad[..., y0 + dy:y1 + dy, x0 + dx:x1 + dx] -= inside
-        return grad, None
+        return grad + features.sign() * alone.unsqueeze(1), None
 
 
 def embedding_distances(features: torch.Tensor, offsets) -> torch.Tensor:

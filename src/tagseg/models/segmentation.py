@@ -4,8 +4,8 @@
   features, summed (Chen et al. 2017, ASPP-L).
 - ``deeplabv3plus``: ASPP (1x1, three dilated 3x3 and image pooling branches) on the final
   features, then a decoder that fuses them with the stride-4 features before the classifier.
-  Its 3x3 convolutions are atrous separable (depthwise + pointwise), as in Chen et al. 2018:
-  a training step on CPU takes about 40% less time than with dense 3x3 convolutions.
+  Its 3x3 convolutions are atrous separable (depthwise + pointwise), as in Chen et al. 2018,
+  which keeps the head cheap enough to train on a CPU (benchmarks/deeplab_step.py).
 
 Both return logits at the input size.
 """
