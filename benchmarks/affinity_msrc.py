@@ -12,11 +12,10 @@ threshold). All stages resume. Writes benchmarks/results/affinity_msrc.json and 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from common import MSRC, ROOT, link, pct
+from common import MSRC, ROOT, link, pct, write_result
 from tagseg.config import load_config
 from tagseg.data.dataset import open_dataset
 from tagseg.rundir import read_manifest
@@ -103,9 +102,7 @@ def main() -> None:
               file=sys.stderr)
         result = {"benchmark": "affinity_msrc", "dataset": str(args.data), "split": "train", "overrides": overrides,
                   "rows": rows}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(table(rows))
+        write_result(args.out, result, table(rows))
     print(table(rows))
 
 

@@ -10,7 +10,6 @@ benchmarks/results/cam_msrc.json and a Markdown table beside it.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from common import MSRC, ROOT, pct
+from common import MSRC, ROOT, pct, write_result
 from tagseg.config import load_config
 from tagseg.data.dataset import open_dataset
 from tagseg.runtime import setup_logging
@@ -77,9 +76,7 @@ def main() -> None:
                       "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
                       "torch": torch.__version__},
                   "wall_seconds": round(time.time() - started, 1), "rows": rows}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(table(rows) + "\n")
+        write_result(args.out, result, table(rows))
     print(table(rows))
 
 

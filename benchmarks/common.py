@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,3 +21,11 @@ def link(target: Path, name: Path) -> None:
         name.unlink()
     if not name.exists():
         name.symlink_to(target.resolve())
+
+
+def write_result(out: Path, result: dict, table: str | None = None) -> None:
+    """Write the JSON result and, when given, its Markdown table beside it (same name, ``.md``)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    if table is not None:
+        out.with_suffix(".md").write_text(table if table.endswith("\n") else table + "\n")

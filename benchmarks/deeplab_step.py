@@ -10,14 +10,13 @@ benchmarks/results/deeplab_step.json and a Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from common import ROOT
+from common import ROOT, write_result
 from tagseg.models.backbones import create_backbone
 from tagseg.models.segmentation import HEADS, build_segmentation_net
 
@@ -61,9 +60,7 @@ def main() -> None:
              "| head | memory format | s / step |", "|---|---|---|"]
     lines += [f"| {r['head']} | {'channels-last' if r['channels_last'] else 'contiguous'} | "
               f"{r['seconds_per_step']} |" for r in rows]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_result(args.out, result, "\n".join(lines))
     print("\n".join(lines))
 
 

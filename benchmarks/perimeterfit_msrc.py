@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import torch
 
-from common import MSRC, ROOT, link, pct
+from common import MSRC, ROOT, link, pct, write_result
 from tagseg.artifacts import load_score_map
 from tagseg.data.dataset import open_dataset
 from tagseg.evaluate import GroundTruth
@@ -203,10 +203,7 @@ def main() -> None:
 
 
 def write(result: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    if "stage" in result:
-        out.with_suffix(".md").write_text(table(result))
+    write_result(out, result, table(result) if "stage" in result else None)
 
 
 if __name__ == "__main__":

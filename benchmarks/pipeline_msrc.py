@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from common import MSRC, ROOT, pct
+from common import MSRC, ROOT, pct, write_result
 from tagseg.pipeline import load_recipe, run_recipe
 from tagseg.rundir import read_manifest
 from tagseg.runtime import setup_logging
@@ -68,10 +68,8 @@ def main() -> None:
         print(f"{name}: {rows[name]['final_val_miou']}", file=sys.stderr)
         upper = rows.get("fully_supervised", {}).get("final_val_miou")
         ordered = list(rows.values())
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"benchmark": "pipeline_msrc", "upper_bound_val_miou": upper,
-                                        "rows": ordered}, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(table(ordered, upper))
+        write_result(args.out, {"benchmark": "pipeline_msrc", "upper_bound_val_miou": upper, "rows": ordered},
+                     table(ordered, upper))
     print(table(list(rows.values()), rows.get("fully_supervised", {}).get("final_val_miou")))
 
 

@@ -18,7 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, write_result
+
 CASES = [("250x188", 47, 63), ("500x375", 94, 125), ("1000x750", 188, 250), ("1000x750 (full resolution)", 750, 1000)]
 DENSE_MAX_PIXELS = 3000  # beyond this the dense reference needs over a GiB and many minutes of CPU
 
@@ -67,8 +68,6 @@ def main() -> None:
         rows.append(row)
         print(row, file=sys.stderr)
     result = {"benchmark": "random_walk_scaling", "radius": 5, "beta": 10, "logt": 8, "classes": 21, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
     lines = ["| image | walk grid | sparse s | sparse peak MiB | dense s | dense peak MiB |", "|---|---|---|---|---|---|"]
     for row in rows:
         dense = row["dense"]
@@ -77,7 +76,7 @@ def main() -> None:
         lines.append(f"| {row['image']} | {row['grid']} | {row['sparse']['seconds']:.2f} | "
                      f"{row['sparse']['peak_mib']:.0f} | {dense_cells} |")
     table = "\n".join(lines) + "\n"
-    args.out.with_suffix(".md").write_text(table)
+    write_result(args.out, result, table)
     print(table)
 
 
