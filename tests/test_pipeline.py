@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -56,6 +57,16 @@ def test_recipe_validation_names_the_key(synthetic, tmp_path):
         load_recipe(recipe, ["dataset=[1, 2]"])
     _, configs = load_recipe(recipe, ["stages.train_cam.epochs=2"])
     assert configs["train_cam"].epochs == 2 and list(configs) == list(TINY_STAGES)
+
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
+def test_shipped_recipes_validate(recipe):
+    """Every recipe in recipes/ is a valid recipe whose stages end in a segmentation network."""
+    loaded, configs = load_recipe(recipe)
+    assert loaded.stages and "train_seg" in configs
 
 
 def test_kill_between_stages_then_resume(synthetic, tmp_path):
