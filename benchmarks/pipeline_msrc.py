@@ -22,6 +22,12 @@ from tagseg.runtime import setup_logging
 
 
 
+def class_iou(manifest: dict) -> dict | None:
+    """Per-class IoU of a scored stage (None when it was not scored)."""
+    per_class = (manifest.get("metrics") or {}).get("per_class")
+    return {name: round(values["iou"], 4) for name, values in per_class.items()} if per_class else None
+
+
 def run_one(name: str, runs: Path, extra: list[str]) -> dict:
     run = runs / name
     recipe, configs = load_recipe(ROOT / "recipes" / f"{name}.yaml",
@@ -34,6 +40,7 @@ def run_one(name: str, runs: Path, extra: list[str]) -> dict:
     return {"recipe": name, "run": str(run), "overrides": extra,
             "pseudo_label_train_miou": pct((pseudo.get("metrics") or {}).get("miou")),
             "final_val_miou": pct((final.get("metrics") or {}).get("miou")),
+            "pseudo_label_train_class_iou": class_iou(pseudo), "final_val_class_iou": class_iou(final),
             "stage_seconds": stages, "stage_configs": {k: v["config"] for k, v in record["stages"].items()}}
 
 
