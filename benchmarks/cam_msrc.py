@@ -25,8 +25,6 @@ from tagseg.stages.make_cam import MakeCamConfig, make_cams
 from tagseg.stages.train_cam import CamTrainConfig, train_cam
 
 
-
-
 def run_head(head: str, data: Path, runs: Path, overrides: list[str], cam_overrides: list[str]) -> dict:
     train, val = open_dataset(data, "train"), open_dataset(data, "val")
     config = load_config(CamTrainConfig, None, [f"head={head}", *overrides])

@@ -20,8 +20,6 @@ from tagseg.rundir import read_manifest
 from tagseg.runtime import setup_logging
 
 
-
-
 def class_iou(manifest: dict) -> dict | None:
     """Per-class IoU of a scored stage (None when it was not scored)."""
     per_class = (manifest.get("metrics") or {}).get("per_class")
