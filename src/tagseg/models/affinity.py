@@ -37,8 +37,8 @@ class _EmbeddingDistances(torch.autograd.Function):
     The plain broadcast formulation materialises (and keeps for backward) K shifted copies of
     the embedding: about 1 GB per batch of eight 320x320 crops at radius 5, slow to allocate
     and to stream through on a CPU. Here backward recomputes each offset's sign instead, so
-    memory stays at one embedding plus the (B, K, h, w) output. A partner outside the map counts as 0 (the loss
-    never uses such pairs).
+    memory stays at one embedding plus the (B, K, h, w) output. A partner outside the map
+    counts as 0 (the loss never uses such pairs).
     """
 
     @staticmethod
