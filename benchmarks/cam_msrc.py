@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from common import MSRC, ROOT, pct, write_result
+from common import MSRC, ROOT, class_iou, pct, write_result
 from tagseg.config import load_config
 from tagseg.data.dataset import open_dataset
 from tagseg.runtime import setup_logging
@@ -37,7 +37,7 @@ def run_head(head: str, data: Path, runs: Path, overrides: list[str], cam_overri
         "val_map": pct(trained["classification"]["map"]),
         "oracle": {"threshold": cams["threshold"], "miou": pct(cams["metrics"]["miou"]),
                    "mfp": cams["metrics"]["mfp"], "mfn": cams["metrics"]["mfn"],
-                   "class_iou": {name: round(v["iou"], 4) for name, v in cams["metrics"]["per_class"].items()}},
+                   "class_iou": class_iou(cams)},
         "label_free": {"threshold": free["threshold"], "miou": pct(free["metrics"]["miou"]),
                        "mfp": free["metrics"]["mfp"], "mfn": free["metrics"]["mfn"]},
         "seconds_per_epoch": trained["seconds_per_epoch"],

@@ -14,6 +14,12 @@ def pct(value):
     return None if value is None else round(100 * value, 2)
 
 
+def class_iou(manifest: dict) -> dict | None:
+    """Per-class IoU of a scored stage's manifest, rounded for JSON (None when it was not scored)."""
+    per_class = (manifest.get("metrics") or {}).get("per_class")
+    return {name: round(values["iou"], 4) for name, values in per_class.items()} if per_class else None
+
+
 def link(target: Path, name: Path) -> None:
     """Point the symlink ``name`` at ``target`` (the inputs under study), replacing an older link."""
     name.parent.mkdir(parents=True, exist_ok=True)

@@ -14,16 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-from common import MSRC, ROOT, pct, write_result
+from common import MSRC, ROOT, class_iou, pct, write_result
 from tagseg.pipeline import load_recipe, run_recipe
 from tagseg.rundir import read_manifest
 from tagseg.runtime import setup_logging
-
-
-def class_iou(manifest: dict) -> dict | None:
-    """Per-class IoU of a scored stage (None when it was not scored)."""
-    per_class = (manifest.get("metrics") or {}).get("per_class")
-    return {name: round(values["iou"], 4) for name, values in per_class.items()} if per_class else None
 
 
 def run_one(name: str, runs: Path, extra: list[str]) -> dict:
