@@ -6,7 +6,7 @@ import torch
 
 from tagseg import losses
 from tagseg.models.backbones import create_backbone
-from tagseg.models.cam import HEADS, build_cam_net, merge_2x2, tile_2x2
+from tagseg.models.cam import HEADS, build_cam_net, cell_weights, global_average, merge_2x2, tile_2x2
 from tagseg.stages.make_cam import multiscale_cams, normalized_tagged
 
 
@@ -47,6 +47,21 @@ def test_attention_pooling_by_hand():
     assert losses.attention_pooling(cams, 0.0).item() == pytest.approx(math.log(3.0) / 2)  # k=0: average
 
 
+def test_pooling_over_the_real_image_only_by_hand():
+    cams = torch.tensor([[[[1.0, 5.0], [3.0, 7.0]]]])             # B=1, K=1, 2x2 cells
+    valid = torch.zeros(1, 4, 4, dtype=torch.bool)                 # 4x4 input, 2x2 pixels per cell
+    valid[:, :, :3] = True                                         # right column of cells is half padding
+    torch.testing.assert_close(cell_weights(valid, (2, 2)), torch.tensor([[[[1.0, 0.5], [1.0, 0.5]]]]))
+    assert global_average(cams).item() == pytest.approx(4.0)
+    assert global_average(cams, valid).item() == pytest.approx((1 + 3 + 0.5 * (5 + 7)) / 3)
+    weights = cell_weights(valid, (2, 2))
+    # k = 0: the same weighted mean; a cell of pure padding (weight 0) takes no part
+    assert losses.attention_pooling(cams, 0.0, weights).item() == pytest.approx((1 + 3 + 0.5 * (5 + 7)) / 3)
+    valid[:, :, 2:] = False
+    assert losses.attention_pooling(cams, 1.0, cell_weights(valid, (2, 2))).item() == pytest.approx(
+        (1 * math.e + 3 * math.e ** 3) / (math.e + math.e ** 3))
+
+
 def test_dense_cam_and_dilated_cam_loss_by_hand():
     standard = torch.tensor([[[[1.0, -1.0]], [[0.0, 2.0]]]])  # B=1, K=2, 1x2
     dilated = [torch.tensor([[[[3.0, 1.0]], [[0.0, 0.0]]]]), torch.tensor([[[[1.0, 1.0]], [[2.0, 0.0]]]])]
@@ -79,6 +94,11 @@ def test_head_shapes_and_losses(backbone, head):
     assert parts["loss"].ndim == 0 and torch.isfinite(parts["loss"])
     parts["loss"].backward()
     assert all(p.grad is not None for m in net.new_modules() for p in m.parameters())
+    valid = torch.ones(2, 64, 96, dtype=torch.bool)
+    torch.testing.assert_close(net.class_scores(images, valid), net.class_scores(images))  # no padding: same scores
+    valid[:, :, 48:] = False
+    masked = net.loss(images, targets, step=3, total_steps=10, valid=valid)["loss"]
+    assert torch.isfinite(masked) and masked.item() != pytest.approx(parts["loss"].item())
 
 
 def test_multiscale_cams_batched_equals_one_by_one(backbone):

@@ -93,3 +93,14 @@ def test_config_errors_name_the_key(tmp_path):
     assert load_config(CamTrainConfig, None, ["scale_range=[0.5, 1.0]", "dilations=[2]"]).scale_range == (0.5, 1.0)
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_config(CamTrainConfig, None, ["epochs"])
+
+
+def test_pooling_over_the_real_image_only_trains_and_is_recorded(synthetic, tmp_path):
+    assert "pool_padding" not in CamTrainConfig().identity()  # runs made before the setting still match
+    dataset = open_dataset(synthetic, "train")                 # 64 x 48 images in 64 x 64 crops: padded
+    config = CamTrainConfig(**TINY, weights=None, pool_padding=False)
+    manifest = train_cam(dataset, tmp_path / "real_only", config)
+    assert manifest["config"]["pool_padding"] is False
+    assert all(np.isfinite(h["loss"]) for h in manifest["history"])
+    default = train_cam(dataset, tmp_path / "default", CamTrainConfig(**TINY, weights=None))
+    assert manifest["history"][0]["loss"] != pytest.approx(default["history"][0]["loss"])

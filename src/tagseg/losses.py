@@ -33,10 +33,18 @@ def puzzle_alpha(step: int, total_steps: int, alpha_max: float = 4.0) -> float:
     return alpha_max * min(1.0, step / half)
 
 
-def attention_pooling(cams: torch.Tensor, intensity: float = 1e-3) -> torch.Tensor:
-    """BES eq. 6-7: class scores as a softmax(k * M)-weighted sum of the localisation map (B, K, h, w) -> (B, K)."""
+def attention_pooling(cams: torch.Tensor, intensity: float = 1e-3,
+                      cell_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """BES eq. 6-7: class scores as a softmax(k * M)-weighted sum of the localisation map (B, K, h, w) -> (B, K).
+
+    ``cell_weights`` (B, 1, h, w), each cell's share of real image, scale the softmax terms, so
+    padding cells (weight 0) take no part and k = 0 gives the same mean as masked average pooling.
+    """
     flat = cams.flatten(2)
-    weights = torch.softmax(intensity * flat, dim=-1)
+    logits = intensity * flat
+    if cell_weights is not None:
+        logits = logits + cell_weights.flatten(2).log()
+    weights = torch.softmax(logits, dim=-1)
     return (flat * weights).sum(-1)
 
 

@@ -39,8 +39,18 @@ def merge_2x2(tiles: torch.Tensor) -> torch.Tensor:
     return grid.permute(2, 3, 0, 4, 1, 5).reshape(batch, channels, 2 * height, 2 * width)
 
 
-def global_average(cams: torch.Tensor) -> torch.Tensor:
-    return cams.mean(dim=(2, 3))
+def cell_weights(valid: torch.Tensor, size) -> torch.Tensor:
+    """(B, H, W) real-pixel mask of the input -> (B, 1, h, w): the fraction of each CAM cell that is image."""
+    return F.interpolate(valid[:, None].float(), size=tuple(size), mode="area")
+
+
+def global_average(cams: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of each map over its cells; with ``valid`` over the real image only, so the padding
+    of a crop smaller than the input does not dilute the class score."""
+    if valid is None:
+        return cams.mean(dim=(2, 3))
+    weights = cell_weights(valid, cams.shape[-2:])
+    return (cams * weights).sum((2, 3)) / weights.sum((2, 3)).clamp_min(1e-6)
 
 
 class CamNet(nn.Module):
@@ -61,12 +71,14 @@ class CamNet(nn.Module):
         """Raw CAM logits (B, K, h, w) used at inference."""
         return self.classifier(self.backbone(images))
 
-    def class_scores(self, images: torch.Tensor) -> torch.Tensor:
-        """Image-level logits (B, K), as pooled in training."""
-        return global_average(self.cams(images))
+    def class_scores(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Image-level logits (B, K), as pooled in training (over the ``valid`` pixels only when given)."""
+        return global_average(self.cams(images), valid)
 
-    def loss(self, images: torch.Tensor, targets: torch.Tensor, step: int, total_steps: int) -> dict:
-        scores = self.class_scores(images)
+    def loss(self, images: torch.Tensor, targets: torch.Tensor, step: int, total_steps: int,
+             valid: torch.Tensor | None = None) -> dict:
+        """Training losses; ``valid`` (B, H, W), when given, marks the real pixels that pooling may use."""
+        scores = self.class_scores(images, valid)
         cls = losses.multilabel_soft_margin(scores, targets)
         return {"loss": cls, "cls": cls.detach()}
 
@@ -82,14 +94,14 @@ class PuzzleCamNet(CamNet):
         self.alpha = alpha
         self.reconstruction = reconstruction
 
-    def loss(self, images, targets, step, total_steps):
+    def loss(self, images, targets, step, total_steps, valid=None):
         full = self.cams(images)
         merged = merge_2x2(self.cams(tile_2x2(images)))
         if merged.shape[-2:] != full.shape[-2:]:
             raise ValueError(f"tile CAMs {tuple(merged.shape[-2:])} do not merge to the full CAM size "
                              f"{tuple(full.shape[-2:])}: use a crop size divisible by twice the stride")
-        cls = losses.multilabel_soft_margin(global_average(full), targets)
-        p_cls = losses.multilabel_soft_margin(global_average(merged), targets)
+        cls = losses.multilabel_soft_margin(global_average(full, valid), targets)
+        p_cls = losses.multilabel_soft_margin(global_average(merged, valid), targets)
         reconstruction = losses.puzzle_reconstruction(full, merged, None if self.reconstruction == "all" else targets,
                                                       rectified=self.reconstruction == "tagged")
         alpha = losses.puzzle_alpha(step, total_steps, self.alpha)
@@ -104,8 +116,10 @@ class AttentionCamNet(CamNet):
         super().__init__(backbone, num_classes)
         self.intensity = intensity
 
-    def class_scores(self, images):
-        return losses.attention_pooling(self.cams(images), self.intensity)
+    def class_scores(self, images, valid=None):
+        cams = self.cams(images)
+        weights = None if valid is None else cell_weights(valid, cams.shape[-2:])
+        return losses.attention_pooling(cams, self.intensity, weights)
 
 
 class DilatedCamNet(CamNet):
@@ -146,12 +160,12 @@ class DilatedCamNet(CamNet):
         standard, dilated = self._all_cams(images)
         return losses.dense_cam(standard, dilated) if self.dense_at_inference else standard
 
-    def class_scores(self, images):
-        return global_average(self._all_cams(images)[0])
+    def class_scores(self, images, valid=None):
+        return global_average(self._all_cams(images)[0], valid)
 
-    def loss(self, images, targets, step, total_steps):
+    def loss(self, images, targets, step, total_steps, valid=None):
         standard, dilated = self._all_cams(images)
-        sig = sum(losses.multilabel_soft_margin(global_average(m), targets) for m in [standard, *dilated])
+        sig = sum(losses.multilabel_soft_margin(global_average(m, valid), targets) for m in [standard, *dilated])
         cam = losses.dilated_cam_loss(standard, losses.dense_cam(standard, dilated), targets)
         return {"loss": sig + self.lambda_cls * cam, "sig": sig.detach(), "cam": cam.detach()}
 

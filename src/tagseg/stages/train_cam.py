@@ -54,6 +54,9 @@ class CamTrainConfig(BaseModel):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
     freeze_bn: bool = Field(True, description="keep the backbone's BatchNorm statistics fixed (small batches)")
+    pool_padding: bool = Field(True, description="pool class scores over the padding of crops larger than the "
+                                                 "rescaled image too (as the reference code does); false pools "
+                                                 "over the real image only")
     puzzle_alpha: float = Field(4.0, ge=0)
     puzzle_reconstruction: Literal["tagged_logits", "tagged", "all"] = Field(
         "tagged_logits", description="L_re on the tagged classes' raw logits (the reference code's masking), "
@@ -68,6 +71,8 @@ class CamTrainConfig(BaseModel):
         """The settings that determine the trained model: other heads' keys are left out, so changing
         a Puzzle-CAM default does not invalidate a plain-CAM run."""
         unused = {key for head, keys in HEAD_KEYS.items() if head != self.head for key in keys}
+        if self.pool_padding:
+            unused.add("pool_padding")  # at its default: runs made before the setting existed stay valid
         return {k: v for k, v in self.model_dump().items() if k not in unused}
 
     @model_validator(mode="after")
@@ -101,7 +106,8 @@ class TagCrops(torch.utils.data.Dataset):
         crop, valid, _ = random_scale_flip_crop(image, rng, self.config.crop_size, self.config.scale_range)
         pixels = normalize(crop, self.mean, self.std)
         pixels[:, ~valid] = 0.0
-        return torch.from_numpy(pixels), torch.from_numpy(self.dataset.multi_hot(record.labels))
+        tags = self.dataset.multi_hot(record.labels)
+        return torch.from_numpy(pixels), torch.from_numpy(tags), torch.from_numpy(valid)
 
 
 def build_net(config: CamTrainConfig, num_classes: int, weights: str | None) -> CamNet:
@@ -148,10 +154,10 @@ def train_cam(dataset: Dataset, run: Path, config: CamTrainConfig, *, device: st
         crops = TagCrops(dataset, records, config, net.backbone.mean, net.backbone.std)
 
         def step_loss(batch, step: int, total_steps: int) -> dict:
-            images, targets = (t.to(device) for t in batch)
+            images, targets, valid = (t.to(device) for t in batch)
             if on_gpu:
                 images = images.contiguous(memory_format=torch.channels_last)
-            return net.loss(images, targets, step, total_steps)
+            return net.loss(images, targets, step, total_steps, None if config.pool_padding else valid)
 
         checkpoint_path = stage.path / CHECKPOINT_FILE
         history, epochs_run = train_epochs(net, optimizer, stage, checkpoint_path, epochs=config.epochs,
