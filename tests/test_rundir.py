@@ -43,7 +43,7 @@ def test_stale_temporaries_are_swept_and_interrupted_status_recorded(tmp_path):
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / ".x.tmp-999.npz").write_bytes(b"partial")
     with pytest.raises(KeyboardInterrupt):
-        with stage_dir(tmp_path, "s", {}) as stage:
+        with stage_dir(tmp_path, "s", {}):
             assert not (tmp_path / "s" / ".x.tmp-999.npz").exists()
             raise KeyboardInterrupt
     assert read_manifest(tmp_path / "s")["status"] == "interrupted"
