@@ -139,3 +139,16 @@ def test_msrc_voc_benchmark_checks_clean():
     assert report.split_sizes == {"train": 346, "val": 148}
     assert len(report.class_names) == 15 and not report.problems
     assert report.class_counts["train"]["person"] == 36 and report.class_counts["val"]["person"] == 31
+
+
+def test_content_key_survives_a_move_and_changes_with_the_tags(make_folder, tmp_path):
+    import shutil
+
+    root = make_folder()
+    key = open_dataset(root).content_key
+    moved = tmp_path / "moved" / "data"
+    shutil.copytree(root, moved)
+    assert open_dataset(moved).content_key == key
+    assert open_dataset(moved).identity() == {"dataset": key, "split": None}
+    (moved / "tags.csv").write_text((moved / "tags.csv").read_text().replace("x1.png,cat", "x1.png,dog"))
+    assert open_dataset(moved).content_key != key

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,3 +109,14 @@ def test_kill_between_stages_then_resume(synthetic, tmp_path):
     assert all((page.parent / src).exists() for src in images)
     compared = write_report(run, upper_bound=run, gallery_size=0).read_text()
     assert "fully supervised upper bound" in compared and "ratio <b>100.0%</b>" in compared
+
+    # a run and its dataset copied elsewhere (new paths, new modification times) keep every stage finished
+    moved_data, moved_run = tmp_path / "elsewhere" / "data", tmp_path / "elsewhere" / "run"
+    shutil.copytree(synthetic, moved_data, copy_function=shutil.copyfile)
+    shutil.copytree(run, moved_run, copy_function=shutil.copyfile)
+    shutil.rmtree(run)
+    files = {p: p.stat().st_mtime_ns for p in moved_run.rglob("*") if p.is_file() and p.suffix in (".npz", ".png", ".pt")}
+    moved_model, moved_configs = load_recipe(write_recipe(tmp_path / "moved.yaml", moved_data, moved_run))
+    moved = run_recipe(moved_model, moved_configs)
+    assert moved["stages"] == record["stages"]
+    assert all(p.stat().st_mtime_ns == t for p, t in files.items())

@@ -10,6 +10,7 @@ a rerun with another config is refused unless ``force`` wipes the stage first.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -161,6 +162,13 @@ class ArtifactDir:
 def stage_dir(run: Path, stage: str, config: dict, *, force: bool = False) -> ArtifactDir:
     """The artifact directory of one pipeline stage: ``<run>/<stage>/``."""
     return ArtifactDir(Path(run) / stage, f"'{stage}' stage", config, force=force)
+
+
+def file_digest(path: Path) -> str:
+    """A short SHA-256 of a file's bytes: stages name the model they used by it, so a copied or moved run
+    still matches (a modification time would not survive a copy)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()[:16]
 
 
 def read_manifest(directory: Path) -> dict | None:

@@ -8,6 +8,7 @@ Readers (:mod:`tagseg.data.voc`, :mod:`tagseg.data.folder`) only build an index 
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -95,6 +96,23 @@ class Dataset:
 
     def __getitem__(self, index: int) -> Sample:
         return self.load(self.records[index])
+
+    @property
+    def content_key(self) -> str:
+        """A key of what the stages read from the dataset: class names, split, and each image's id, tags and
+        file names relative to the root. Stages record it instead of the root's absolute path, so a dataset
+        (or a run) moved elsewhere keeps its finished stages, while changed tags invalidate them."""
+        if not hasattr(self, "_content_key"):
+            digest = hashlib.sha256(repr((self.format, self.class_names, self.split)).encode())
+            for r in self.records:
+                mask = r.mask_path.relative_to(self.root).as_posix() if r.mask_path else None
+                digest.update(repr((r.id, r.labels, r.image_path.relative_to(self.root).as_posix(), mask)).encode())
+            self._content_key = digest.hexdigest()[:16]
+        return self._content_key
+
+    def identity(self) -> dict:
+        """What a stage config records about its input dataset (see :attr:`content_key`)."""
+        return {"dataset": self.content_key, "split": self.split}
 
     def record(self, item_id: str) -> Record:
         if not hasattr(self, "_by_id"):

@@ -73,7 +73,7 @@ def make_affinity_labels(dataset: Dataset, run: Path, config: AffinityLabelsConf
     source = finished_stage(run, config.cams, STAGE)
     fg, bg = resolve_thresholds(config, source)
     stage_config = {**config.model_dump(), "source_config": source["config"],
-                    "dataset": str(dataset.root.resolve()), "split": dataset.split}
+                    **dataset.identity()}
     crf_params: CrfParams | None = config.crf_settings.params() if config.crf else None
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
         stage.record(fg_threshold=fg, bg_threshold=bg)

@@ -25,7 +25,7 @@ from tagseg.data.transforms import resize, to_batch
 from tagseg.evaluate import score_stage_fields
 from tagseg.models.cam import CamNet, upsampled_cams
 from tagseg.progress import parallel_map
-from tagseg.rundir import stage_dir
+from tagseg.rundir import file_digest, stage_dir
 from tagseg.stages.train_cam import MODEL_FILE, STAGE as TRAIN_STAGE, load_cam_net
 
 STAGE = "make_cam"
@@ -74,8 +74,8 @@ def make_cams(dataset: Dataset, run: Path, config: MakeCamConfig, *, device: str
     model_path = Path(run) / TRAIN_STAGE / MODEL_FILE
     net, saved = load_cam_net(model_path, device)
     stage_config = {**config.model_dump(), "model": f"{TRAIN_STAGE}/{MODEL_FILE}",
-                    "model_mtime": model_path.stat().st_mtime_ns,
-                    "dataset": str(dataset.root.resolve()), "split": dataset.split}
+                    "model_digest": file_digest(model_path),
+                    **dataset.identity()}
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
         todo = [dataset.record(i) for i in stage.pending(dataset.ids, ".npz")]
         log.info("make_cam: %d of %d images to do", len(todo), len(dataset))

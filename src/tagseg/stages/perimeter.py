@@ -77,7 +77,7 @@ def perimeter_maps(dataset: Dataset, run: Path, config: PerimeterConfig, *, devi
 def _variant_maps(dataset: Dataset, run: Path, config: PerimeterConfig, variant: str, device: str, workers: int,
                   force: bool) -> dict:
     stage_config = {**_variant_config(config, variant), "variant": variant,
-                    "dataset": str(dataset.root.resolve()), "split": dataset.split}
+                    **dataset.identity()}
     with stage_dir(run, stage_name(variant), stage_config, force=force) as stage:
         todo = [dataset.record(i) for i in stage.pending(dataset.ids, ".png")]
         log.info("perimeter %s: %d of %d images to do", variant, len(todo), len(dataset))

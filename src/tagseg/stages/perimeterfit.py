@@ -115,7 +115,7 @@ def perimeterfit(dataset: Dataset, run: Path, config: PerimeterFitConfig, *, dev
     perimeter_maps(dataset, run, config.perimeter, device=device, workers=workers, force=force)
     perimeter_dirs = {v: run / stage_name(v) for v in config.perimeter.variants}
     stage_config = {**config.model_dump(), "cams_config": cam_manifest["config"],
-                    "dataset": str(dataset.root.resolve()), "split": dataset.split}
+                    **dataset.identity()}
     has_masks = any(r.mask_path for r in dataset.records)
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
         thresholds = stage.manifest.get("thresholds") or _choose_thresholds(

@@ -39,7 +39,7 @@ def centre_prior(height: int, width: int, sigma: float) -> np.ndarray:
 
 def run_prior(dataset: Dataset, run: Path, config: PriorConfig, *, force: bool = False, workers: int = 1) -> dict:
     """Write ``<run>/prior/<id>.npz`` for every image; resumes; scores the maps when masks exist."""
-    with stage_dir(run, STAGE, {**config.model_dump(), "dataset": str(dataset.root.resolve()), "split": dataset.split},
+    with stage_dir(run, STAGE, {**config.model_dump(), **dataset.identity()},
                    force=force) as stage:
         todo = stage.pending(dataset.ids, ".npz")
         log.info("prior: %d of %d images to do", len(todo), len(dataset))

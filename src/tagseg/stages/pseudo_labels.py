@@ -89,7 +89,7 @@ def make_pseudo_labels(dataset: Dataset, run: Path, config: PseudoLabelConfig, *
     source = finished_stage(run, config.scores, STAGE)
     threshold = source_threshold(source, config.threshold, run / config.scores)
     stage_config = {**config.model_dump(), "source_config": source["config"],
-                    "dataset": str(dataset.root.resolve()), "split": dataset.split}
+                    **dataset.identity()}
     crf_params = config.crf_settings.params() if config.crf else None
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
         stage.record(threshold=float(threshold))

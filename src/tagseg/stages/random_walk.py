@@ -33,7 +33,7 @@ from tagseg.evaluate import score_stage_fields
 from tagseg.models.affinity import AffinityModel, BoundaryNet
 from tagseg.progress import parallel_map
 from tagseg.refine.random_walk import neighbor_offsets, path_affinities, random_walk, transition_matrix
-from tagseg.rundir import finished_stage, stage_dir
+from tagseg.rundir import file_digest, finished_stage, stage_dir
 from tagseg.stages.train_affinity import MODEL_FILE, STAGE as TRAIN_STAGE, load_affinity_model
 
 STAGE = "random_walk"
@@ -98,9 +98,8 @@ def random_walk_stage(dataset: Dataset, run: Path, config: RandomWalkConfig, *, 
     net, saved = load_affinity_model(model_path, device)
     offsets = neighbor_offsets(config.radius)
     stage_config = {**config.model_dump(), "source_config": source["config"],
-                    "model": f"{TRAIN_STAGE}/{MODEL_FILE}", "model_mtime": model_path.stat().st_mtime_ns,
-                    "dataset": str(dataset.root.resolve()),
-                    "split": dataset.split}
+                    "model": f"{TRAIN_STAGE}/{MODEL_FILE}", "model_digest": file_digest(model_path),
+                    **dataset.identity()}
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
         todo = stage.pending(dataset.ids, ".npz")
 

@@ -24,7 +24,7 @@ from tagseg.evaluate import GroundTruth, evaluate_masks
 from tagseg.models.segmentation import SegmentationNet
 from tagseg.progress import parallel_map, track
 from tagseg.refine.crf import CrfParams, crf_probabilities
-from tagseg.rundir import ArtifactDir, stage_dir
+from tagseg.rundir import ArtifactDir, file_digest, stage_dir
 from tagseg.stages.train_seg import MODEL_FILE, STAGE as TRAIN_STAGE, load_seg_net
 
 STAGE = "segment"
@@ -69,8 +69,7 @@ def segment_split(dataset: Dataset, run: Path, config: SegmentConfig, *, device:
     net, _ = load_seg_net(model_path, device)
     name = f"{STAGE}_{dataset.split or 'all'}"
     stage_config = {**config.model_dump(), "model": f"{TRAIN_STAGE}/{MODEL_FILE}",
-                    "model_mtime": model_path.stat().st_mtime_ns, "dataset": str(dataset.root.resolve()),
-                    "split": dataset.split}
+                    "model_digest": file_digest(model_path), **dataset.identity()}
     crf_params = config.crf_settings.params() if config.crf else None
     with stage_dir(run, name, stage_config, force=force) as stage:
         todo = stage.pending(dataset.ids, ".png")

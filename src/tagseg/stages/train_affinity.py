@@ -103,7 +103,7 @@ def train_affinity(dataset: Dataset, run: Path, config: AffinityTrainConfig, *, 
     if len(dataset) < config.batch_size:
         raise ConfigError(f"train_affinity: {len(dataset)} images are fewer than batch_size {config.batch_size}")
     stage_config = {**config.model_dump(), "labels_config": labels["config"],
-                    "dataset": str(dataset.root.resolve()), "split": dataset.split}
+                    **dataset.identity()}
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
         model_path = stage.path / MODEL_FILE
         if model_path.exists():

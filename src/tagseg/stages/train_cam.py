@@ -137,7 +137,7 @@ def train_cam(dataset: Dataset, run: Path, config: CamTrainConfig, *, device: st
         log.warning("train_cam: %d images without tags are left out of training", len(dataset) - len(records))
     if len(records) < config.batch_size:
         raise ConfigError(f"train_cam: {len(records)} tagged images are fewer than batch_size {config.batch_size}")
-    stage_config = {**config.identity(), "dataset": str(dataset.root.resolve()), "split": dataset.split,
+    stage_config = {**config.identity(), **dataset.identity(),
                     "classes": list(dataset.class_names)}
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
         model_path = stage.path / MODEL_FILE

@@ -119,7 +119,7 @@ def train_seg(dataset: Dataset, run: Path, config: SegTrainConfig, *, device: st
     if len(dataset) < config.batch_size:
         raise ConfigError(f"train_seg: {len(dataset)} images are fewer than batch_size {config.batch_size}")
     mask_paths = _mask_paths(dataset, run, config.labels)
-    stage_config = {**config.model_dump(), "dataset": str(dataset.root.resolve()), "split": dataset.split,
+    stage_config = {**config.model_dump(), **dataset.identity(),
                     "classes": list(dataset.class_names)}
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
         model_path = stage.path / MODEL_FILE
