@@ -37,8 +37,15 @@ def _fmt(value, scale: float = 100.0, digits: int = 2) -> str:
 
 @app.callback(invoke_without_command=True)
 def _root(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-          log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")] = "INFO"
+          log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+          threads: Annotated[Optional[int], typer.Option(
+              "--threads", min=1, envvar="TAGSEG_THREADS",
+              help="CPU threads this command may use in all (torch, OpenCV, worker pools); default: every "
+                   "available core. Give each of several runs on one machine its share.")] = None,
           ) -> None:
+    from tagseg.threads import set_threads
+
+    set_threads(threads)
     if version:
         typer.echo(f"tagseg {__version__}")
         raise typer.Exit()

@@ -13,6 +13,8 @@ from rich.progress import (
     BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
 )
 
+from tagseg.threads import worker_count
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -42,7 +44,9 @@ def parallel_map(function: Callable[[T], R], items: Iterable[T], total: int, des
     Threads suffice for image decoding, compression and numpy, which release the GIL;
     ``processes=True`` is for work that holds it (pydensecrf): ``function`` and the items
     must then pickle, and workers are spawned, not forked (safe beside torch threads).
+    ``workers`` is capped at the process's thread budget (:mod:`tagseg.threads`).
     """
+    workers = worker_count(workers)
     if workers <= 1:
         yield from track(map(function, items), total, description)
         return
