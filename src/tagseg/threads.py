@@ -3,8 +3,9 @@
 Oversubscribed cores are slow in the worst way: two torch processes that each spin two OpenMP
 threads on a 2-core machine each ran about 9x slower (a DeepLab epoch of 7 s took 65 s). The
 budget (``tagseg --threads N``, default: the cores this process may use) sets torch's and
-OpenCV's intra-op threads, caps the per-image worker pools and the data-loader workers at N, and
-keeps each data-loader worker single-threaded (its work is decoding and resizing one image).
+OpenCV's intra-op threads and caps the per-image worker pools and the data-loader workers at N
+(torch runs each data-loader worker single-threaded; OpenCV must not be reconfigured inside a
+forked worker: that hung once the parent had used its thread pool).
 """
 
 from __future__ import annotations
@@ -44,11 +45,3 @@ def worker_count(workers: int) -> int:
     """``workers`` capped at the thread budget (at least 1)."""
     return max(1, min(workers, thread_budget()))
 
-
-def single_threaded_worker(_: int = 0) -> None:
-    """``worker_init_fn`` of data loaders: one thread per worker process for torch and OpenCV."""
-    import cv2
-    import torch
-
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)

@@ -17,7 +17,7 @@ from torch import nn
 
 from tagseg.progress import track
 from tagseg.rundir import ArtifactDir, atomic_write
-from tagseg.threads import single_threaded_worker, worker_count
+from tagseg.threads import worker_count
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +26,12 @@ def epoch_loader(crops: torch.utils.data.Dataset, batch_size: int, seed: int, ep
                  workers: int = 1) -> torch.utils.data.DataLoader:
     """One epoch's batches: the shuffle depends only on (seed, epoch); an incomplete last batch is dropped.
 
-    Loader processes (``workers`` capped at the thread budget) run single-threaded."""
+    ``workers`` loader processes, capped at the thread budget (torch runs each single-threaded)."""
     crops.epoch = epoch
     order = torch.Generator().manual_seed(seed * 1000 + epoch)
     workers = worker_count(workers)
     return torch.utils.data.DataLoader(crops, batch_size=batch_size, shuffle=True, generator=order, drop_last=True,
-                                       num_workers=workers if workers > 1 else 0,
-                                       worker_init_fn=single_threaded_worker if workers > 1 else None)
+                                       num_workers=workers if workers > 1 else 0)
 
 
 def build_optimizer(net: nn.Module, new_modules: list[nn.Module], kind: str, lr: float, new_lr_multiplier: float,
