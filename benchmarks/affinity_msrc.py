@@ -33,17 +33,20 @@ def metrics_row(manifest: dict) -> dict:
     m = manifest["metrics"]
     return {"miou": pct(m["miou"]), "mfp": m["mfp"], "mfn": m["mfn"], "threshold": manifest.get("threshold")}
 
+PSA_WIDTH = "crf_settings.bilateral_sxy=50"  # the CRF kernel these results were measured with (default now 32)
+
 
 def run_input(name: str, source_run: Path, source_stage: str, run: Path, data: Path, overrides: dict) -> dict:
     dataset = open_dataset(data, "train")
     link(source_run / source_stage, run / source_stage)
     source = read_manifest(run / source_stage)
-    labels = make_affinity_labels(dataset, run, load_config(AffinityLabelsConfig, None,
-                                                            [f"cams={source_stage}", *overrides["labels"]]), workers=2)
+    labels = make_affinity_labels(dataset, run, load_config(AffinityLabelsConfig, None, [
+        f"cams={source_stage}", PSA_WIDTH, *overrides["labels"]]), workers=2)
     trained = train_affinity(dataset, run, load_config(AffinityTrainConfig, None, overrides["train"]))
     walked = random_walk_stage(dataset, run, load_config(RandomWalkConfig, None,
                                                          [f"cams={source_stage}", *overrides["walk"]]))
-    crf = make_pseudo_labels(dataset, run, PseudoLabelConfig(threshold=walked["threshold"]), workers=2)
+    crf = make_pseudo_labels(dataset, run, load_config(PseudoLabelConfig, None, [
+        f"threshold={walked['threshold']}", PSA_WIDTH]), workers=2)
     free = walked["label_free"]
     return {
         "input": name, "source_stage": source_stage,

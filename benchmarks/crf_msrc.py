@@ -20,11 +20,12 @@ from tagseg.data.dataset import open_dataset
 from tagseg.runtime import setup_logging
 from tagseg.stages.pseudo_labels import PseudoLabelConfig, make_pseudo_labels
 
-VARIANTS = {  # name -> pseudo_labels overrides; PSA / IRN kernel defaults unless named
+PSA_WIDTH = "crf_settings.bilateral_sxy=50"  # PSA's kernel, pinned: TagSeg's default is now 32 at 320 px
+VARIANTS = {  # name -> pseudo_labels overrides; PSA / IRN kernels unless named
     "no CRF": ["crf=false"],
-    "PSA defaults (gt_prob 0.7, bilateral sxy 50, srgb 5)": [],
-    "gt_prob 0.9": ["crf_gt_prob=0.9"],
-    "bilateral srgb 10": ["crf_settings.bilateral_srgb=10"],
+    "PSA defaults (gt_prob 0.7, bilateral sxy 50, srgb 5)": [PSA_WIDTH],
+    "gt_prob 0.9": ["crf_gt_prob=0.9", PSA_WIDTH],
+    "bilateral srgb 10": ["crf_settings.bilateral_srgb=10", PSA_WIDTH],
     "bilateral sxy 32 (50 x 320 / 500 px)": ["crf_settings.bilateral_sxy=32"],
     "bilateral sxy 20": ["crf_settings.bilateral_sxy=20"],
 }

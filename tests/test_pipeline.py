@@ -93,6 +93,8 @@ def test_kill_between_stages_then_resume(synthetic, tmp_path):
     record = run_recipe(recipe_model, configs)
     assert all(entry["status"] == "complete" for entry in record["stages"].values())
     assert list(record["stages"]) == list(TINY_STAGES)
+    assert record["image_size"] == 64  # the synthetic photos' long side, given to every size-dependent stage
+    assert json.loads((run / "make_cam" / "manifest.json").read_text())["config"]["image_size"] == 64
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # finished stages were not recomputed
     assert (run / "segment_val").is_dir() and json.loads((run / "segment_val" / "manifest.json").read_text())["metrics"]
 

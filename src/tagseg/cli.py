@@ -272,7 +272,8 @@ def make_cam_command(
 ) -> None:
     """Multi-scale + flip CAMs of the tagged classes, scored at the oracle and label-free thresholds.
 
-    Keys: scales (default [0.5, 1, 1.5, 2]), flip (true), batch_size (images of one size per pass).
+    Keys: scales (default [0.5, 1, 1.5, 2], for a 320 px photo), flip (true), batch_size (images of one size
+    per pass), image_size (auto: the split's median long side; scales are converted for it).
     """
     from tagseg.config import load_config
     from tagseg.runtime import resolve_device
@@ -362,7 +363,8 @@ def affinity_labels_command(
 
     Keys: cams (source stage: make_cam or perimeterfit), fg_threshold (default: the source's
     label-free threshold), bg_threshold (default: fg_threshold / 3), crf (true), crf_settings.*
-    (gaussian_sxy 3, gaussian_compat 3, bilateral_sxy 50, bilateral_srgb 5, bilateral_compat 10, iterations 10).
+    (gaussian_sxy 3, gaussian_compat 3, bilateral_sxy 32, bilateral_srgb 5, bilateral_compat 10, iterations 10;
+    widths in pixels of a 320 px photo), image_size (auto: the split's median long side).
     """
     from tagseg.config import load_config
     from tagseg.stages.affinity_labels import STAGE, AffinityLabelsConfig, make_affinity_labels
@@ -421,7 +423,8 @@ def random_walk_command(
 ) -> None:
     """Propagate scores over the learned affinities (sparse random walk), scored like make-cam.
 
-    Keys: cams (source stage: make_cam or perimeterfit), beta (10), logt (8: 256 steps), radius (5), flip (true).
+    Keys: cams (source stage: make_cam or perimeterfit), beta (10), logt (8: 256 steps), radius (5), flip (true),
+    image_size (auto; the affinity net sees the image rescaled by 320 / image_size).
     """
     from tagseg.config import load_config
     from tagseg.runtime import resolve_device
@@ -447,7 +450,7 @@ def pseudo_labels_command(
     """Final pseudo-label masks (palette PNGs) from a score stage, with an optional dense CRF and ignore band.
 
     Keys: scores (source stage, random_walk), threshold (default: the source's label-free one),
-    crf (true), crf_gt_prob (0.7), crf_settings.*, ignore_band (0: none).
+    crf (true), crf_gt_prob (0.7), crf_settings.*, ignore_band (0: none), image_size (auto).
     """
     from tagseg.config import load_config
     from tagseg.stages.pseudo_labels import STAGE, PseudoLabelConfig, make_pseudo_labels
@@ -504,7 +507,7 @@ def segment_command(
 ) -> None:
     """Segment a split with the trained network (multi-scale + flip, optional CRF) and score it.
 
-    Keys: scales ([0.75, 1, 1.25]), flip (true), crf (false), crf_settings.*.
+    Keys: scales ([0.75, 1, 1.25], for a 320 px photo), flip (true), crf (false), crf_settings.*, image_size (auto).
     """
     from tagseg.config import load_config
     from tagseg.runtime import resolve_device
@@ -532,7 +535,7 @@ def predict_command(
 ) -> None:
     """Segment every image of a folder; unreadable images are reported and skipped (exit code 1).
 
-    Keys: as for `segment` (scales, flip, crf, crf_settings.*).
+    Keys: as for `segment` (scales, flip, crf, crf_settings.*, image_size: auto = the folder's median long side).
     """
     from tagseg.config import load_config
     from tagseg.runtime import resolve_device

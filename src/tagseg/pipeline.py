@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tagseg.config import merge, parse_overrides, read_yaml, validate
 from tagseg.errors import ConfigError
 from tagseg.rundir import read_manifest, write_json
+from tagseg.sizing import ImageSize, resolve_image_size
 
 PIPELINE_FILE = "pipeline.json"
 log = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ class Recipe(BaseModel):
     device: str = "auto"
     workers: int = Field(2, ge=1)
     upper_bound_run: Path | None = Field(None, description="a fully supervised run to compare with in the report")
+    image_size: ImageSize = Field("auto", description="long side (px) the stages' size-dependent settings are "
+                                                      "converted for; 'auto': the train split's median long side")
     stages: dict[str, dict] = Field(min_length=1)
 
     @field_validator("stages")
@@ -108,9 +111,14 @@ def run_recipe(recipe: Recipe, configs: dict[str, BaseModel]) -> dict:
     held_out = open_dataset(recipe.dataset, recipe.eval_split) if recipe.eval_split else None
     record_path = recipe.run / PIPELINE_FILE
     record = read_pipeline_record(record_path)
-    record.update(recipe=recipe.model_dump(mode="json"))
+    image_size = resolve_image_size(recipe.image_size, train)
+    log.info("run: image size %d px (%s)", image_size,
+             "median long side of the train split" if recipe.image_size == "auto" else "recipe")
+    record.update(recipe=recipe.model_dump(mode="json"), image_size=image_size)
     specs = _specs()
     for name, config in configs.items():
+        if "image_size" in type(config).model_fields and "image_size" not in recipe.stages[name]:
+            config = config.model_copy(update={"image_size": image_size})
         section = config.model_dump(mode="json")
         previous = record["stages"].get(name, {})
         output = specs[name].output(config, recipe)

@@ -24,6 +24,7 @@ from tagseg.progress import parallel_map
 from tagseg.refine.affinity_labels import affinity_seed_labels
 from tagseg.refine.crf import CrfParams
 from tagseg.rundir import finished_stage, stage_dir
+from tagseg.sizing import IMAGE_SIZE_HELP, ImageSize, resolve_image_size
 
 STAGE = "affinity_labels"
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class AffinityLabelsConfig(BaseModel):
     bg_threshold: float | None = Field(None, ge=0, lt=1, description="default: fg_threshold / 3")
     crf: bool = True
     crf_settings: CrfConfig = CrfConfig()
+    image_size: ImageSize = Field("auto", description=IMAGE_SIZE_HELP)
 
     @model_validator(mode="after")
     def _order(self) -> "AffinityLabelsConfig":
@@ -72,9 +74,10 @@ def make_affinity_labels(dataset: Dataset, run: Path, config: AffinityLabelsConf
     run = Path(run)
     source = finished_stage(run, config.cams, STAGE)
     fg, bg = resolve_thresholds(config, source)
-    stage_config = {**config.model_dump(), "source_config": source["config"],
+    image_size = resolve_image_size(config.image_size, dataset)
+    stage_config = {**config.model_dump(), "image_size": image_size, "source_config": source["config"],
                     **dataset.identity()}
-    crf_params: CrfParams | None = config.crf_settings.params() if config.crf else None
+    crf_params: CrfParams | None = config.crf_settings.params(image_size) if config.crf else None
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
         stage.record(fg_threshold=fg, bg_threshold=bg)
         todo = stage.pending(dataset.ids, ".png")

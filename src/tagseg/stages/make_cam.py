@@ -1,6 +1,7 @@
 """The 'make_cam' stage: multi-scale, flipped CAMs of the tagged classes for every image.
 
-For each scale (default 0.5, 1, 1.5, 2) the image and its mirror go through the network,
+For each scale (default 0.5, 1, 1.5, 2, for a 320 px image: tagseg.sizing converts them to the
+dataset's ``image_size``) the image and its mirror go through the network,
 the ReLU'd CAMs are resized to the image size and summed; only tagged classes are kept
 and each is divided by its maximum. Images of one size are batched together. Output:
 ``<run>/make_cam/<id>.npz`` (float16 scores + class indices), then scores: oracle
@@ -26,6 +27,7 @@ from tagseg.evaluate import score_stage_fields
 from tagseg.models.cam import CamNet, upsampled_cams
 from tagseg.progress import parallel_map
 from tagseg.rundir import file_digest, stage_dir
+from tagseg.sizing import IMAGE_SIZE_HELP, ImageSize, input_scales, resolve_image_size
 from tagseg.stages.train_cam import MODEL_FILE, STAGE as TRAIN_STAGE, load_cam_net
 
 STAGE = "make_cam"
@@ -38,6 +40,7 @@ class MakeCamConfig(BaseModel):
     scales: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
     flip: bool = True
     batch_size: int = Field(4, ge=1, description="images of the same size per forward pass")
+    image_size: ImageSize = Field("auto", description=IMAGE_SIZE_HELP)
 
     _scales = field_validator("scales")(positive_scales)
 
@@ -73,12 +76,15 @@ def make_cams(dataset: Dataset, run: Path, config: MakeCamConfig, *, device: str
               force: bool = False) -> dict:
     model_path = Path(run) / TRAIN_STAGE / MODEL_FILE
     net, saved = load_cam_net(model_path, device)
-    stage_config = {**config.model_dump(), "model": f"{TRAIN_STAGE}/{MODEL_FILE}",
+    image_size = resolve_image_size(config.image_size, dataset)
+    scales = input_scales(config.scales, image_size)
+    stage_config = {**config.model_dump(), "image_size": image_size, "model": f"{TRAIN_STAGE}/{MODEL_FILE}",
                     "model_digest": file_digest(model_path),
                     **dataset.identity()}
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
         todo = [dataset.record(i) for i in stage.pending(dataset.ids, ".npz")]
-        log.info("make_cam: %d of %d images to do", len(todo), len(dataset))
+        log.info("make_cam: %d of %d images to do at scales %s (image size %d px)", len(todo), len(dataset),
+                 scales, image_size)
         batches = batches_by_size(todo, config.batch_size)
 
         def load(batch: list[Record]):
@@ -86,7 +92,7 @@ def make_cams(dataset: Dataset, run: Path, config: MakeCamConfig, *, device: str
 
         started = time.perf_counter()
         for batch, images in parallel_map(load, batches, len(batches), f"make_cam ({len(todo)} images)", workers):
-            cams = multiscale_cams(net, images, config.scales, config.flip, device)
+            cams = multiscale_cams(net, images, scales, config.flip, device)
             for record, image_cams in zip(batch, cams):
                 save_score_map(stage.item_path(record.id, ".npz"), normalized_tagged(image_cams, record.labels),
                                record.labels)

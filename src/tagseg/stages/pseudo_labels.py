@@ -28,6 +28,7 @@ from tagseg.metrics import labels_from_scores
 from tagseg.progress import parallel_map
 from tagseg.refine.crf import crf_labels
 from tagseg.rundir import finished_stage, stage_dir
+from tagseg.sizing import IMAGE_SIZE_HELP, ImageSize, resolve_image_size
 
 STAGE = "pseudo_labels"
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class PseudoLabelConfig(BaseModel):
     crf_gt_prob: float = Field(0.7, gt=0, lt=1, description="CRF confidence in the input labels")
     crf_settings: CrfConfig = CrfConfig()
     ignore_band: float = Field(0.0, ge=0, lt=1, description="best scores within this of the threshold -> 255")
+    image_size: ImageSize = Field("auto", description=IMAGE_SIZE_HELP)
 
 
 def source_threshold(source: dict, choice: float | str, source_path: Path) -> float:
@@ -88,9 +90,10 @@ def make_pseudo_labels(dataset: Dataset, run: Path, config: PseudoLabelConfig, *
     run = Path(run)
     source = finished_stage(run, config.scores, STAGE)
     threshold = source_threshold(source, config.threshold, run / config.scores)
-    stage_config = {**config.model_dump(), "source_config": source["config"],
+    image_size = resolve_image_size(config.image_size, dataset)
+    stage_config = {**config.model_dump(), "image_size": image_size, "source_config": source["config"],
                     **dataset.identity()}
-    crf_params = config.crf_settings.params() if config.crf else None
+    crf_params = config.crf_settings.params(image_size) if config.crf else None
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
         stage.record(threshold=float(threshold))
         todo = stage.pending(dataset.ids, ".png")

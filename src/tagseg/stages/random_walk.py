@@ -28,12 +28,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from tagseg.artifacts import load_score_map, save_score_map
 from tagseg.data.dataset import Dataset
 from tagseg.data.imageio import read_image
-from tagseg.data.transforms import to_batch
+from tagseg.data.transforms import resize, to_batch
 from tagseg.evaluate import score_stage_fields
 from tagseg.models.affinity import AffinityModel, BoundaryNet
 from tagseg.progress import parallel_map
 from tagseg.refine.random_walk import neighbor_offsets, path_affinities, random_walk, transition_matrix
 from tagseg.rundir import file_digest, finished_stage, stage_dir
+from tagseg.sizing import IMAGE_SIZE_HELP, ImageSize, input_scales, resolve_image_size
 from tagseg.stages.train_affinity import MODEL_FILE, STAGE as TRAIN_STAGE, load_affinity_model
 
 STAGE = "random_walk"
@@ -51,6 +52,7 @@ class RandomWalkConfig(BaseModel):
     boundary_mask: bool = Field(False, description="multiply scores by 1 - boundary before walking (IRN)")
     normalize: Literal["global", "per_class"] = Field(
         "per_class", description="divide the walked scores by each class's maximum, or by their overall maximum (IRN)")
+    image_size: ImageSize = Field("auto", description=IMAGE_SIZE_HELP)
 
 
 @torch.no_grad()
@@ -97,7 +99,9 @@ def random_walk_stage(dataset: Dataset, run: Path, config: RandomWalkConfig, *, 
     model_path = run / TRAIN_STAGE / MODEL_FILE
     net, saved = load_affinity_model(model_path, device)
     offsets = neighbor_offsets(config.radius)
-    stage_config = {**config.model_dump(), "source_config": source["config"],
+    image_size = resolve_image_size(config.image_size, dataset)
+    (scale,) = input_scales([1.0], image_size)
+    stage_config = {**config.model_dump(), "image_size": image_size, "source_config": source["config"],
                     "model": f"{TRAIN_STAGE}/{MODEL_FILE}", "model_digest": file_digest(model_path),
                     **dataset.identity()}
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
@@ -105,6 +109,8 @@ def random_walk_stage(dataset: Dataset, run: Path, config: RandomWalkConfig, *, 
 
         def load(item_id: str):
             image, _ = read_image(dataset.record(item_id).image_path)
+            if scale != 1.0:  # the affinity net sees the pixel sizes it was trained on
+                image = resize(image, max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
             return item_id, image, load_score_map(run / config.cams / f"{item_id}.npz")
 
         started = time.perf_counter()

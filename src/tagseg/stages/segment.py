@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tagseg.config import CrfConfig, positive_scales
 from tagseg.data.dataset import Dataset, Problem, find_images
@@ -25,6 +25,7 @@ from tagseg.models.segmentation import SegmentationNet
 from tagseg.progress import parallel_map, track
 from tagseg.refine.crf import CrfParams, crf_probabilities
 from tagseg.rundir import ArtifactDir, file_digest, stage_dir
+from tagseg.sizing import IMAGE_SIZE_HELP, ImageSize, input_scales, median_long_side, resolve_image_size
 from tagseg.stages.train_seg import MODEL_FILE, STAGE as TRAIN_STAGE, load_seg_net
 
 STAGE = "segment"
@@ -38,6 +39,7 @@ class SegmentConfig(BaseModel):
     flip: bool = True
     crf: bool = False
     crf_settings: CrfConfig = CrfConfig()
+    image_size: ImageSize = Field("auto", description=IMAGE_SIZE_HELP)
 
     _scales = field_validator("scales")(positive_scales)
 
@@ -68,9 +70,11 @@ def segment_split(dataset: Dataset, run: Path, config: SegmentConfig, *, device:
     model_path = run / TRAIN_STAGE / MODEL_FILE
     net, _ = load_seg_net(model_path, device)
     name = f"{STAGE}_{dataset.split or 'all'}"
-    stage_config = {**config.model_dump(), "model": f"{TRAIN_STAGE}/{MODEL_FILE}",
+    image_size = resolve_image_size(config.image_size, dataset)
+    scales = input_scales(config.scales, image_size)
+    stage_config = {**config.model_dump(), "image_size": image_size, "model": f"{TRAIN_STAGE}/{MODEL_FILE}",
                     "model_digest": file_digest(model_path), **dataset.identity()}
-    crf_params = config.crf_settings.params() if config.crf else None
+    crf_params = config.crf_settings.params(image_size) if config.crf else None
     with stage_dir(run, name, stage_config, force=force) as stage:
         todo = stage.pending(dataset.ids, ".png")
 
@@ -79,7 +83,7 @@ def segment_split(dataset: Dataset, run: Path, config: SegmentConfig, *, device:
 
         for item_id, image in parallel_map(load, todo, len(todo), f"segmenting {len(todo)} images", workers):
             write_mask(stage.item_path(item_id, ".png"),
-                       segment_image(net, image, config.scales, config.flip, device, crf_params))
+                       segment_image(net, image, scales, config.flip, device, crf_params))
         stage.record(items_computed=len(todo))
         if any(r.mask_path for r in dataset.records):
             stage.record(metrics=evaluate_masks(stage.path, GroundTruth.from_dataset(dataset), workers)["metrics"])
@@ -110,8 +114,10 @@ def predict_folder(model_path: Path, images_dir: Path, out_dir: Path, config: Se
     images = find_images(images_dir, problems)
     if not images:
         raise DataError(f"{images_dir}: no images (.jpg, .jpeg, .png, ...) found")
-    crf_params = config.crf_settings.params() if config.crf else None
-    settings = {**config.model_dump(), "model": str(Path(model_path).resolve())}
+    image_size = median_long_side(list(images.values())) if config.image_size == "auto" else config.image_size
+    scales = input_scales(config.scales, image_size)
+    crf_params = config.crf_settings.params(image_size) if config.crf else None
+    settings = {**config.model_dump(), "image_size": image_size, "model": str(Path(model_path).resolve())}
     failed: dict[str, str] = {p.path.name: p.message for p in problems}
     done = 0
     with ArtifactDir(out_dir, "prediction folder", settings, force=force) as folder:
@@ -123,7 +129,7 @@ def predict_folder(model_path: Path, images_dir: Path, out_dir: Path, config: Se
                 failed[images[item_id].name] = str(error)
                 log.error("%s", error)
                 continue
-            mask = segment_image(net, image, config.scales, config.flip, device, crf_params)
+            mask = segment_image(net, image, scales, config.flip, device, crf_params)
             write_mask(folder.item_path(item_id, ".png"), mask)
             write_image(folder.item_path(item_id, ".jpg", "overlays"), overlay(image, mask))
             done += 1
