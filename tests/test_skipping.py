@@ -47,7 +47,7 @@ def test_skip_mode_runs_the_pipeline_without_the_bad_images(broken, tmp_path):
     result = CliRunner().invoke(app, ["run", str(recipe)])
     assert result.exit_code == 0, result.output
     summary = re.sub(r"\s+", " ", result.output)
-    assert f"skipped 3 unreadable image(s)" in summary
+    assert "skipped 3 unreadable image(s)" in summary
     assert all(item in summary.split("skipped 3 unreadable image(s)")[1] for item in (CORRUPT, TRUNCATED, CORRUPT_VAL))
 
     log = (run / "tagseg.log").read_text()

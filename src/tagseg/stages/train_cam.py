@@ -173,7 +173,7 @@ def train_cam(dataset: Dataset, run: Path, config: CamTrainConfig, *, device: st
         saved = {"state_dict": net.state_dict(), "config": config.model_dump(), "class_names": dataset.class_names}
         atomic_write(model_path, lambda tmp: torch.save(saved, tmp))
         stage.record(items_computed=len(records) * epochs_run, **fields)
-        record_skipped(stage, *filter(None, (dataset, eval_dataset)))
+        record_skipped(stage, *[d for d in (dataset, eval_dataset) if d is not None])
         return stage.manifest
 
 
