@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from tagseg import __version__
-from tagseg.errors import TagsegError
+from tagseg.errors import OnError, TagsegError
 from tagseg.progress import console
 from tagseg.rundir import read_manifest
 from tagseg.runtime import log_to_run, setup_logging
@@ -29,6 +29,8 @@ Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file with the stage config.")]
 Overrides = Annotated[Optional[list[str]], typer.Option("--set", help="Override one config key: KEY=VALUE.")]
+OnErrorOption = Annotated[OnError, typer.Option(
+    "--on-error", help="An unreadable image: stop (name it and stop) or skip (name it, leave it out, go on).")]
 
 
 def _fmt(value, scale: float = 100.0, digits: int = 2) -> str:
@@ -173,6 +175,8 @@ def eval_command(
     out.print(f"mIoU {_fmt(metrics['miou'])}  pixel accuracy {_fmt(metrics['pixel_accuracy'])}  "
               f"mFP {_fmt(metrics['mfp'], 1, 3)}  mFN {_fmt(metrics['mfn'], 1, 3)}  "
               f"images {result['num_images']}{threshold}")
+    if result.get("skipped"):
+        out.print(f"left out {len(result['skipped'])} image(s) the stage skipped: {', '.join(result['skipped'])}")
     if json_path is None:
         in_run = (prediction / MANIFEST).exists()
         json_path = prediction / f"eval_{split or 'all'}.json" if in_run else Path(f"eval_{prediction.name}.json")
@@ -189,26 +193,31 @@ def prior_command(
     sigma: Annotated[float, typer.Option(help="Gaussian width as a fraction of the image side.")] = 0.3,
     workers: Workers = 2,
     force: Force = False,
+    on_error: OnErrorOption = "stop",
 ) -> None:
     """Tags-only baseline: a centred Gaussian score map per tagged class (the floor to beat)."""
-    from tagseg.data.dataset import open_dataset
     from tagseg.stages.prior import PriorConfig, run_prior
 
     log_to_run(run)
-    dataset = open_dataset(dataset_path, split)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
     manifest = run_prior(dataset, run, PriorConfig(sigma=sigma), force=force, workers=workers)
     metrics = manifest.get("metrics")
     if metrics:
         out.print(f"prior: mIoU {_fmt(metrics['miou'])} at background threshold {manifest['threshold']:.2f}")
 
 
-def _stage_datasets(dataset_path: Path, split: str, eval_split: Optional[str] = None):
+def _stage_datasets(dataset_path: Path, split: str, on_error: OnError, workers: int,
+                    eval_split: Optional[str] = None):
+    """The split (and held-out split) a stage command works on; with skip, without unreadable images."""
     from tagseg.data.dataset import open_dataset
+    from tagseg.skipping import readable_only
 
-    dataset = open_dataset(dataset_path, split)
-    for kind, count in dataset.warning_counts().items():
+    datasets = [open_dataset(dataset_path, name) for name in (split, eval_split) if name]
+    for kind, count in datasets[0].warning_counts().items():
         logging.getLogger("tagseg").warning("%s: %d image(s) (run `tagseg data check` for the list)", kind, count)
-    return dataset, open_dataset(dataset_path, eval_split) if eval_split else None
+    if on_error == "skip":
+        datasets = [readable_only(dataset, workers) for dataset in datasets]
+    return datasets[0], datasets[1] if eval_split else None
 
 
 def _print_cam_scores(stage: str, manifest: dict) -> None:
@@ -233,6 +242,7 @@ def train_cam_command(
     device: Device = "auto",
     workers: Workers = 2,
     force: Force = False,
+    on_error: OnErrorOption = "stop",
 ) -> None:
     """Train the multi-label classifier from tags (CAM, Puzzle-CAM, attention pooling or dilated blocks).
 
@@ -252,7 +262,7 @@ def train_cam_command(
         if eval_split != "none":
             logging.getLogger("tagseg").info("no split %r: the classifier's mAP is not measured", eval_split)
         eval_split = None
-    dataset, held_out = _stage_datasets(dataset_path, split, eval_split)
+    dataset, held_out = _stage_datasets(dataset_path, split, on_error, workers, eval_split)
     manifest = train_cam(dataset, run, settings, device=resolve_device(device), workers=workers,
                          eval_dataset=held_out, force=force)
     if manifest.get("classification"):
@@ -269,6 +279,7 @@ def make_cam_command(
     device: Device = "auto",
     workers: Workers = 2,
     force: Force = False,
+    on_error: OnErrorOption = "stop",
 ) -> None:
     """Multi-scale + flip CAMs of the tagged classes, scored at the oracle and label-free thresholds.
 
@@ -281,7 +292,7 @@ def make_cam_command(
 
     settings = load_config(MakeCamConfig, config, overrides)
     log_to_run(run)
-    dataset, _ = _stage_datasets(dataset_path, split)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
     _print_cam_scores(STAGE, make_cams(dataset, run, settings, device=resolve_device(device), workers=workers,
                                        force=force))
 
@@ -297,6 +308,7 @@ def perimeter_command(
     device: Device = "auto",
     workers: Workers = 2,
     force: Force = False,
+    on_error: OnErrorOption = "stop",
 ) -> None:
     """Perimeter maps (SILOP step B): USS-simplified images, then Canny edges, one PNG per image.
 
@@ -311,7 +323,7 @@ def perimeter_command(
 
     settings = load_config(PerimeterConfig, config, overrides)
     log_to_run(run)
-    dataset, _ = _stage_datasets(dataset_path, split)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
     manifests = perimeter_maps(dataset, run, settings, device=resolve_device(device), workers=workers, force=force)
     for variant, manifest in manifests.items():
         timing = manifest.get("seconds_per_image", {})
@@ -329,6 +341,7 @@ def perimeterfit_command(
     device: Device = "auto",
     workers: Workers = 2,
     force: Force = False,
+    on_error: OnErrorOption = "stop",
 ) -> None:
     """PerimeterFit (SILOP step C): drop CAM positives outside USS perimeters; draws the maps first if needed.
 
@@ -343,7 +356,7 @@ def perimeterfit_command(
 
     settings = load_config(PerimeterFitConfig, config, overrides)
     log_to_run(run)
-    dataset, _ = _stage_datasets(dataset_path, split)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
     manifest = perimeterfit(dataset, run, settings, device=resolve_device(device), workers=workers, force=force)
     out.print(f"{STAGE}: thresholds {manifest['thresholds']} ({manifest['threshold_choice']})")
     _print_cam_scores(STAGE, manifest)
@@ -358,6 +371,7 @@ def affinity_labels_command(
     split: Annotated[str, typer.Option(help="Split to label.")] = "train",
     workers: Workers = 2,
     force: Force = False,
+    on_error: OnErrorOption = "stop",
 ) -> None:
     """Seed labels for affinity training: confident class / background pixels, the rest ignored (255).
 
@@ -371,7 +385,7 @@ def affinity_labels_command(
 
     settings = load_config(AffinityLabelsConfig, config, overrides)
     log_to_run(run)
-    dataset, _ = _stage_datasets(dataset_path, split)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
     manifest = make_affinity_labels(dataset, run, settings, workers=workers, force=force)
     line = f"{STAGE}: fg > {manifest['fg_threshold']:.3f}, background <= {manifest['bg_threshold']:.3f}"
     if manifest.get("seed_quality"):
@@ -391,6 +405,7 @@ def train_affinity_command(
     device: Device = "auto",
     workers: Workers = 2,
     force: Force = False,
+    on_error: OnErrorOption = "stop",
 ) -> None:
     """Train an affinity network on the seed labels (backbone frozen; resumable per epoch).
 
@@ -404,7 +419,7 @@ def train_affinity_command(
 
     settings = load_config(AffinityTrainConfig, config, overrides)
     log_to_run(run)
-    dataset, _ = _stage_datasets(dataset_path, split)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
     manifest = train_affinity(dataset, run, settings, device=resolve_device(device), workers=workers, force=force)
     out.print(f"{STAGE}: {settings.kind}, {len(manifest['history'])} epochs, final loss "
               f"{manifest['history'][-1]['loss']:.4f}, {manifest['seconds_per_epoch']:.0f} s per epoch")
@@ -420,6 +435,7 @@ def random_walk_command(
     device: Device = "auto",
     workers: Workers = 2,
     force: Force = False,
+    on_error: OnErrorOption = "stop",
 ) -> None:
     """Propagate scores over the learned affinities (sparse random walk), scored like make-cam.
 
@@ -432,7 +448,7 @@ def random_walk_command(
 
     settings = load_config(RandomWalkConfig, config, overrides)
     log_to_run(run)
-    dataset, _ = _stage_datasets(dataset_path, split)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
     _print_cam_scores(STAGE, random_walk_stage(dataset, run, settings, device=resolve_device(device),
                                                workers=workers, force=force))
 
@@ -446,6 +462,7 @@ def pseudo_labels_command(
     split: Annotated[str, typer.Option(help="Split to label.")] = "train",
     workers: Workers = 2,
     force: Force = False,
+    on_error: OnErrorOption = "stop",
 ) -> None:
     """Final pseudo-label masks (palette PNGs) from a score stage, with an optional dense CRF and ignore band.
 
@@ -453,13 +470,15 @@ def pseudo_labels_command(
     crf (true), crf_gt_prob (0.7), crf_settings.*, ignore_band (0: none), image_size (auto).
     """
     from tagseg.config import load_config
+    from tagseg.skipping import skipped_by
     from tagseg.stages.pseudo_labels import STAGE, PseudoLabelConfig, make_pseudo_labels
 
     settings = load_config(PseudoLabelConfig, config, overrides)
     log_to_run(run)
-    dataset, _ = _stage_datasets(dataset_path, split)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
     manifest = make_pseudo_labels(dataset, run, settings, workers=workers, force=force)
-    line = f"{STAGE}: {len(dataset)} masks at background threshold {manifest['threshold']:.3f}"
+    masks = len(dataset.leave_out(skipped_by(manifest)))  # the score stage may have skipped more
+    line = f"{STAGE}: {masks} masks at background threshold {manifest['threshold']:.3f}"
     if manifest.get("metrics"):
         line += f"; mIoU {_fmt(manifest['metrics']['miou'])}"
     out.print(line)
@@ -475,6 +494,7 @@ def train_seg_command(
     device: Device = "auto",
     workers: Workers = 2,
     force: Force = False,
+    on_error: OnErrorOption = "stop",
 ) -> None:
     """Train a DeepLab network on pseudo-labels (or on the true masks: labels=ground_truth, the upper bound).
 
@@ -488,7 +508,7 @@ def train_seg_command(
 
     settings = load_config(SegTrainConfig, config, overrides)
     log_to_run(run)
-    dataset, _ = _stage_datasets(dataset_path, split)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
     manifest = train_seg(dataset, run, settings, device=resolve_device(device), workers=workers, force=force)
     out.print(f"{STAGE}: {settings.head} on {settings.labels}, {len(manifest['history'])} epochs, final loss "
               f"{manifest['history'][-1]['loss']:.4f}, {manifest['seconds_per_epoch']:.0f} s per epoch")
@@ -504,6 +524,7 @@ def segment_command(
     device: Device = "auto",
     workers: Workers = 2,
     force: Force = False,
+    on_error: OnErrorOption = "stop",
 ) -> None:
     """Segment a split with the trained network (multi-scale + flip, optional CRF) and score it.
 
@@ -515,7 +536,7 @@ def segment_command(
 
     settings = load_config(SegmentConfig, config, overrides)
     log_to_run(run)
-    dataset, _ = _stage_datasets(dataset_path, split)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
     manifest = segment_split(dataset, run, settings, device=resolve_device(device), workers=workers, force=force)
     line = f"segment_{split}: {len(dataset)} masks"
     if manifest.get("metrics"):
@@ -559,9 +580,11 @@ def run_command(
 ) -> None:
     """Run a recipe's stages in order into one run directory; a rerun resumes where it stopped.
 
-    Override any recipe key with --set, e.g. --set run=runs/x --set stages.train_cam.epochs=3.
+    Override any recipe key with --set, e.g. --set run=runs/x --set stages.train_cam.epochs=3
+    or --set on_error=skip (leave unreadable images out instead of stopping).
     """
     from tagseg.pipeline import load_recipe, run_recipe
+    from tagseg.skipping import skipped_in_run
 
     recipe, configs = load_recipe(recipe_path, overrides)
     log_to_run(recipe.run)
@@ -571,6 +594,10 @@ def run_command(
         metrics = manifest.get("metrics") or {}
         score = f"mIoU {_fmt(metrics['miou'])}" if metrics.get("miou") is not None else ""
         out.print(f"{name:16s} {entry['status']:9s} {entry.get('seconds', 0):8.1f} s  {score}")
+    skipped = skipped_in_run(recipe.run)
+    if skipped:
+        out.print(f"skipped {len(skipped)} unreadable image(s), left out of the stages (listed in their manifests "
+                  f"and the report): {', '.join(skipped)}")
 
 
 @app.command("report")

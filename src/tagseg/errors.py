@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+OnError = Literal["stop", "skip"]  # what a bad input image does: stop the run, or be left out (tagseg.skipping)
+
 
 class TagsegError(Exception):
     """Base class: a problem the user can fix (bad input, bad config, refused rerun)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,8 @@ from tagseg.metrics import (
     ConfusionMatrix, ThresholdSweep, labels_from_scores, otsu_threshold, scores_from_confusion,
 )
 from tagseg.progress import parallel_map
+from tagseg.rundir import read_manifest
+from tagseg.skipping import skipped_by
 
 DEFAULT_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.0, 1.0, 0.01))
 SCORE_BINS = np.linspace(0.0, 1.0, 201)
@@ -159,15 +161,22 @@ def evaluate_scores(prediction_dir: Path, truth: GroundTruth, thresholds=DEFAULT
 
 def evaluate(prediction_dir: Path, truth: GroundTruth, workers: int = 1,
              thresholds=DEFAULT_THRESHOLDS) -> dict:
-    """Evaluate whatever the folder holds; the result is JSON-ready."""
+    """Evaluate whatever the folder holds; the result is JSON-ready.
+
+    Images the folder's stage skipped (unreadable, ``on_error: skip``) have no prediction: they
+    are left out of the score and listed under ``skipped``.
+    """
     prediction_dir = Path(prediction_dir)
     if not prediction_dir.is_dir():
         raise DataError(f"{prediction_dir}: prediction folder not found")
+    skipped = sorted(set(skipped_by(read_manifest(prediction_dir))) & set(truth.masks))
+    truth = replace(truth, masks={i: p for i, p in truth.masks.items() if i not in skipped})
     if prediction_kind(prediction_dir) == "masks":
         result = evaluate_masks(prediction_dir, truth, workers)
     else:
         result = evaluate_scores(prediction_dir, truth, thresholds, workers)
-    return {"prediction": str(prediction_dir), "ground_truth": truth.source, **result}
+    return {"prediction": str(prediction_dir), "ground_truth": truth.source, **result,
+            **({"skipped": skipped} if skipped else {})}
 
 
 def score_stage_fields(folder: Path, dataset: Dataset, workers: int = 1) -> dict:

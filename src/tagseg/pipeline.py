@@ -4,6 +4,8 @@ A recipe names the dataset, the run directory and an ordered mapping of stage ->
 Every stage config is validated before anything runs (errors name ``stages.<stage>.<key>``).
 ``<run>/pipeline.json`` records each stage's recipe section, status and wall time; a rerun
 skips stages finished with the same section, and each stage resumes its own items.
+With ``on_error: skip`` unreadable images are found once, before the first stage, and left
+out of every stage (see :mod:`tagseg.skipping`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tagseg.config import merge, parse_overrides, read_yaml, validate
-from tagseg.errors import ConfigError
+from tagseg.errors import ConfigError, OnError
 from tagseg.rundir import read_manifest, write_json
 from tagseg.sizing import ImageSize, resolve_image_size
 
@@ -75,6 +77,7 @@ class Recipe(BaseModel):
     eval_split: str | None = Field("val", description="held-out split: classifier mAP and the final segmentation")
     device: str = "auto"
     workers: int = Field(2, ge=1)
+    on_error: OnError = Field("stop", description="an unreadable image stops the run (stop) or is left out (skip)")
     upper_bound_run: Path | None = Field(None, description="a fully supervised run to compare with in the report")
     image_size: ImageSize = Field("auto", description="long side (px) the stages' size-dependent settings are "
                                                       "converted for; 'auto': the train split's median long side")
@@ -105,10 +108,14 @@ def run_recipe(recipe: Recipe, configs: dict[str, BaseModel]) -> dict:
     """Run (or resume) every stage; returns the pipeline record."""
     from tagseg.data.dataset import open_dataset
     from tagseg.runtime import resolve_device
+    from tagseg.skipping import readable_only
 
     recipe = recipe.model_copy(update={"device": resolve_device(recipe.device)})
     train = open_dataset(recipe.dataset, recipe.train_split)
     held_out = open_dataset(recipe.dataset, recipe.eval_split) if recipe.eval_split else None
+    if recipe.on_error == "skip":
+        train = readable_only(train, recipe.workers)
+        held_out = readable_only(held_out, recipe.workers) if held_out is not None else None
     record_path = recipe.run / PIPELINE_FILE
     record = read_pipeline_record(record_path)
     image_size = resolve_image_size(recipe.image_size, train)

@@ -3,7 +3,8 @@
 Per-stage metrics (oracle and label-free thresholds side by side), per-class IoU, threshold
 curves drawn as inline SVG (no plotting library needed), and a gallery of training images with
 each stage's output side by side. When a fully supervised run is given (or named in the
-recipe), the final mIoU is also shown as a fraction of its.
+recipe), the final mIoU is also shown as a fraction of its. Images the stages skipped
+(``on_error: skip``) are listed with the reason and the stages that left them out.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tagseg.data.dataset import open_dataset
 from tagseg.data.imageio import colorize, read_image, read_mask, write_image
 from tagseg.pipeline import PIPELINE_FILE
 from tagseg.rundir import atomic_write_text, read_manifest
+from tagseg.skipping import skipped_in_run
 
 REPORT_DIR = "report"
 log = logging.getLogger(__name__)
@@ -190,9 +192,19 @@ def write_report(run: Path, upper_bound: Path | None = None, gallery_size: int =
                     "threshold.</p><div>")
         body += [f"<figure><figcaption>{r['stage']}</figcaption>{curve_svg(r['curve'])}</figure>" for r in curves]
         body.append("</div>")
+    skipped = skipped_in_run(run)
+    if skipped:
+        body.append(f"<h2>Skipped images</h2><p>{len(skipped)} image(s) could not be read and were left out "
+                    "(<code>on_error: skip</code>): no output for them, and the metrics above cover the other "
+                    "images.</p><table><tr><th>image</th><th>reason</th><th>left out of</th></tr>")
+        for item, entry in skipped.items():
+            body.append(f"<tr><td>{html.escape(item)}</td><td>{html.escape(entry['reason'])}</td>"
+                        f"<td>{', '.join(entry['stages'])}</td></tr>")
+        body.append("</table>")
     dataset_root = dataset_root or recipe.get("dataset")
     if dataset_root:
-        dataset = open_dataset(dataset_root, split or recipe.get("train_split", "train"))
+        dataset = open_dataset(dataset_root, split or recipe.get("train_split", "train")).leave_out(
+            {item: entry["reason"] for item, entry in skipped.items()})
         ids = [r.id for r in dataset.records if r.mask_path][:gallery_size] or dataset.ids[:gallery_size]
         body.append("<h2>Gallery (training images)</h2><table>")
         for entry in gallery(run, dataset, ids, out, device):

@@ -8,6 +8,7 @@ Readers (:mod:`tagseg.data.voc`, :mod:`tagseg.data.folder`) only build an index 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import re
 from collections import Counter
@@ -81,6 +82,7 @@ class Dataset:
     split: str | None
     splits: dict[str, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # id -> why it was left out (on_error: skip)
 
     @property
     def num_classes(self) -> int:
@@ -121,6 +123,21 @@ class Dataset:
             return self._by_id[item_id]
         except KeyError:
             raise DataError(f"{self.root}: no image with id {item_id!r} in split {self.split!r}") from None
+
+    def leave_out(self, reasons: dict[str, str]) -> "Dataset":
+        """A copy without the images named in ``reasons`` (id -> why); ids not in it are ignored.
+
+        The copy keeps the content key of the split as indexed: what a stage skipped is listed in
+        its manifest, not part of its identity, so a stage stopped by a bad image resumes with
+        ``on_error: skip`` instead of being refused as made with another config.
+        """
+        gone = {r.id: reasons[r.id] for r in self.records if r.id in reasons}
+        if not gone:
+            return self
+        kept = dataclasses.replace(self, records=[r for r in self.records if r.id not in gone],
+                                   skipped={**self.skipped, **gone})
+        kept._content_key = self.content_key
+        return kept
 
     def multi_hot(self, labels: tuple[int, ...]) -> np.ndarray:
         """Tags as a float vector over the foreground classes (entry c-1 is class c)."""

@@ -25,6 +25,7 @@ from tagseg.refine.affinity_labels import affinity_seed_labels
 from tagseg.refine.crf import CrfParams
 from tagseg.rundir import finished_stage, stage_dir
 from tagseg.sizing import IMAGE_SIZE_HELP, ImageSize, resolve_image_size
+from tagseg.skipping import record_skipped, without_skipped_by
 
 STAGE = "affinity_labels"
 log = logging.getLogger(__name__)
@@ -73,12 +74,14 @@ def make_affinity_labels(dataset: Dataset, run: Path, config: AffinityLabelsConf
                          force: bool = False) -> dict:
     run = Path(run)
     source = finished_stage(run, config.cams, STAGE)
+    dataset = without_skipped_by(dataset, source, config.cams)
     fg, bg = resolve_thresholds(config, source)
     image_size = resolve_image_size(config.image_size, dataset)
     stage_config = {**config.model_dump(), "image_size": image_size, "source_config": source["config"],
                     **dataset.identity()}
     crf_params: CrfParams | None = config.crf_settings.params(image_size) if config.crf else None
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
+        record_skipped(stage, dataset)
         stage.record(fg_threshold=fg, bg_threshold=bg)
         todo = stage.pending(dataset.ids, ".png")
         jobs = [(run / config.cams / f"{i}.npz", dataset.record(i).image_path, stage.item_path(i, ".png"), fg, bg,

@@ -28,6 +28,7 @@ from tagseg.models.cam import CamNet, upsampled_cams
 from tagseg.progress import parallel_map
 from tagseg.rundir import file_digest, stage_dir
 from tagseg.sizing import IMAGE_SIZE_HELP, ImageSize, input_scales, resolve_image_size
+from tagseg.skipping import record_skipped
 from tagseg.stages.train_cam import MODEL_FILE, STAGE as TRAIN_STAGE, load_cam_net
 
 STAGE = "make_cam"
@@ -82,6 +83,7 @@ def make_cams(dataset: Dataset, run: Path, config: MakeCamConfig, *, device: str
                     "model_digest": file_digest(model_path),
                     **dataset.identity()}
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
+        record_skipped(stage, dataset)
         todo = [dataset.record(i) for i in stage.pending(dataset.ids, ".npz")]
         log.info("make_cam: %d of %d images to do at scales %s (image size %d px)", len(todo), len(dataset),
                  scales, image_size)

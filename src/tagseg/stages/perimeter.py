@@ -24,6 +24,7 @@ from tagseg.progress import parallel_map
 from tagseg.refine.perimeter import perimeter_map, simplified_image
 from tagseg.refine.uss import presegment, reduced, unsupervised_segmentation, upsample_labels
 from tagseg.rundir import stage_dir
+from tagseg.skipping import record_skipped
 
 Variant = Literal["slic", "quickshift"]
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ def _variant_maps(dataset: Dataset, run: Path, config: PerimeterConfig, variant:
     stage_config = {**_variant_config(config, variant), "variant": variant,
                     **dataset.identity()}
     with stage_dir(run, stage_name(variant), stage_config, force=force) as stage:
+        record_skipped(stage, dataset)
         todo = [dataset.record(i) for i in stage.pending(dataset.ids, ".png")]
         log.info("perimeter %s: %d of %d images to do", variant, len(todo), len(dataset))
         if not todo:

@@ -27,6 +27,7 @@ from tagseg.metrics import ThresholdSweep
 from tagseg.progress import parallel_map
 from tagseg.refine.perimeterfit import Combination, combine, fit_masks, perimeter_regions, region_minimum
 from tagseg.rundir import finished_stage, read_manifest, stage_dir
+from tagseg.skipping import record_skipped, without_skipped_by
 from tagseg.stages.perimeter import PerimeterConfig, Variant, perimeter_maps, read_perimeter, stage_name
 
 STAGE = "perimeterfit"
@@ -112,12 +113,14 @@ def perimeterfit(dataset: Dataset, run: Path, config: PerimeterFitConfig, *, dev
     run = Path(run)
     cam_dir = run / config.cams
     cam_manifest = finished_stage(run, config.cams, STAGE)
+    dataset = without_skipped_by(dataset, cam_manifest, config.cams)
     perimeter_maps(dataset, run, config.perimeter, device=device, workers=workers, force=force)
     perimeter_dirs = {v: run / stage_name(v) for v in config.perimeter.variants}
     stage_config = {**config.model_dump(), "cams_config": cam_manifest["config"],
                     **dataset.identity()}
     has_masks = any(r.mask_path for r in dataset.records)
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
+        record_skipped(stage, dataset)
         thresholds = stage.manifest.get("thresholds") or _choose_thresholds(
             dataset, cam_dir, perimeter_dirs, config, has_masks, workers, stage)
         todo = stage.pending(dataset.ids, ".npz")

@@ -19,6 +19,7 @@ from tagseg.data.imageio import image_size
 from tagseg.evaluate import score_stage_fields
 from tagseg.progress import parallel_map
 from tagseg.rundir import stage_dir
+from tagseg.skipping import record_skipped
 
 STAGE = "prior"
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ def run_prior(dataset: Dataset, run: Path, config: PriorConfig, *, force: bool =
     """Write ``<run>/prior/<id>.npz`` for every image; resumes; scores the maps when masks exist."""
     with stage_dir(run, STAGE, {**config.model_dump(), **dataset.identity()},
                    force=force) as stage:
+        record_skipped(stage, dataset)
         todo = stage.pending(dataset.ids, ".npz")
         log.info("prior: %d of %d images to do", len(todo), len(dataset))
 

@@ -29,6 +29,7 @@ from tagseg.progress import parallel_map
 from tagseg.refine.crf import crf_labels
 from tagseg.rundir import finished_stage, stage_dir
 from tagseg.sizing import IMAGE_SIZE_HELP, ImageSize, resolve_image_size
+from tagseg.skipping import record_skipped, without_skipped_by
 
 STAGE = "pseudo_labels"
 log = logging.getLogger(__name__)
@@ -89,12 +90,14 @@ def make_pseudo_labels(dataset: Dataset, run: Path, config: PseudoLabelConfig, *
                        force: bool = False) -> dict:
     run = Path(run)
     source = finished_stage(run, config.scores, STAGE)
+    dataset = without_skipped_by(dataset, source, config.scores)
     threshold = source_threshold(source, config.threshold, run / config.scores)
     image_size = resolve_image_size(config.image_size, dataset)
     stage_config = {**config.model_dump(), "image_size": image_size, "source_config": source["config"],
                     **dataset.identity()}
     crf_params = config.crf_settings.params(image_size) if config.crf else None
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
+        record_skipped(stage, dataset)
         stage.record(threshold=float(threshold))
         todo = stage.pending(dataset.ids, ".png")
         jobs = [(run / config.scores / f"{i}.npz", dataset.record(i).image_path, stage.item_path(i, ".png"),

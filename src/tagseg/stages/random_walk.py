@@ -35,6 +35,7 @@ from tagseg.progress import parallel_map
 from tagseg.refine.random_walk import neighbor_offsets, path_affinities, random_walk, transition_matrix
 from tagseg.rundir import file_digest, finished_stage, stage_dir
 from tagseg.sizing import IMAGE_SIZE_HELP, ImageSize, input_scales, resolve_image_size
+from tagseg.skipping import record_skipped, without_skipped_by
 from tagseg.stages.train_affinity import MODEL_FILE, STAGE as TRAIN_STAGE, load_affinity_model
 
 STAGE = "random_walk"
@@ -96,6 +97,7 @@ def random_walk_stage(dataset: Dataset, run: Path, config: RandomWalkConfig, *, 
                       workers: int = 1, force: bool = False) -> dict:
     run = Path(run)
     source = finished_stage(run, config.cams, STAGE)
+    dataset = without_skipped_by(dataset, source, config.cams)
     model_path = run / TRAIN_STAGE / MODEL_FILE
     net, saved = load_affinity_model(model_path, device)
     offsets = neighbor_offsets(config.radius)
@@ -105,6 +107,7 @@ def random_walk_stage(dataset: Dataset, run: Path, config: RandomWalkConfig, *, 
                     "model": f"{TRAIN_STAGE}/{MODEL_FILE}", "model_digest": file_digest(model_path),
                     **dataset.identity()}
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
+        record_skipped(stage, dataset)
         todo = stage.pending(dataset.ids, ".npz")
 
         def load(item_id: str):

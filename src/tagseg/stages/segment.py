@@ -26,6 +26,7 @@ from tagseg.progress import parallel_map, track
 from tagseg.refine.crf import CrfParams, crf_probabilities
 from tagseg.rundir import ArtifactDir, file_digest, stage_dir
 from tagseg.sizing import IMAGE_SIZE_HELP, ImageSize, input_scales, median_long_side, resolve_image_size
+from tagseg.skipping import record_skipped
 from tagseg.stages.train_seg import MODEL_FILE, STAGE as TRAIN_STAGE, load_seg_net
 
 STAGE = "segment"
@@ -76,6 +77,7 @@ def segment_split(dataset: Dataset, run: Path, config: SegmentConfig, *, device:
                     "model_digest": file_digest(model_path), **dataset.identity()}
     crf_params = config.crf_settings.params(image_size) if config.crf else None
     with stage_dir(run, name, stage_config, force=force) as stage:
+        record_skipped(stage, dataset)
         todo = stage.pending(dataset.ids, ".png")
 
         def load(item_id: str):

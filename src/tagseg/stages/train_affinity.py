@@ -25,6 +25,7 @@ from tagseg.models.backbones import create_backbone
 from tagseg.refine.affinity_labels import pair_labels
 from tagseg.refine.random_walk import neighbor_offsets
 from tagseg.rundir import atomic_write, finished_stage, stage_dir
+from tagseg.skipping import record_skipped, without_skipped_by
 from tagseg.stages.affinity_labels import STAGE as LABELS_STAGE
 from tagseg.training import build_optimizer, mean_epoch_seconds, train_epochs
 
@@ -100,6 +101,7 @@ def train_affinity(dataset: Dataset, run: Path, config: AffinityTrainConfig, *, 
                    workers: int = 1, force: bool = False) -> dict:
     run = Path(run)
     labels = finished_stage(run, LABELS_STAGE, STAGE)
+    dataset = without_skipped_by(dataset, labels, LABELS_STAGE)
     if len(dataset) < config.batch_size:
         raise ConfigError(f"train_affinity: {len(dataset)} images are fewer than batch_size {config.batch_size}")
     stage_config = {**config.model_dump(), "labels_config": labels["config"],
@@ -128,4 +130,5 @@ def train_affinity(dataset: Dataset, run: Path, config: AffinityTrainConfig, *, 
         atomic_write(model_path, lambda tmp: torch.save(saved, tmp))
         stage.record(items_computed=len(dataset) * epochs_run, history=history,
                      seconds_per_epoch=mean_epoch_seconds(history))
+        record_skipped(stage, dataset)
         return stage.manifest

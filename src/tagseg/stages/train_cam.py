@@ -25,6 +25,7 @@ from tagseg.models.backbones import create_backbone
 from tagseg.models.cam import CamNet, build_cam_net
 from tagseg.progress import track
 from tagseg.rundir import atomic_write, stage_dir
+from tagseg.skipping import record_skipped
 from tagseg.training import build_optimizer, mean_epoch_seconds, set_train_mode, train_epochs
 
 STAGE = "train_cam"
@@ -172,6 +173,7 @@ def train_cam(dataset: Dataset, run: Path, config: CamTrainConfig, *, device: st
         saved = {"state_dict": net.state_dict(), "config": config.model_dump(), "class_names": dataset.class_names}
         atomic_write(model_path, lambda tmp: torch.save(saved, tmp))
         stage.record(items_computed=len(records) * epochs_run, **fields)
+        record_skipped(stage, *[d for d in (dataset, eval_dataset) if d is not None])
         return stage.manifest
 
 

@@ -24,6 +24,7 @@ from tagseg.errors import ConfigError, DataError
 from tagseg.models.backbones import create_backbone
 from tagseg.models.segmentation import SegmentationNet, build_segmentation_net
 from tagseg.rundir import atomic_write, finished_stage, stage_dir
+from tagseg.skipping import record_skipped, without_skipped_by
 from tagseg.training import build_optimizer, mean_epoch_seconds, set_train_mode, train_epochs
 
 STAGE = "train_seg"
@@ -105,7 +106,6 @@ def _mask_paths(dataset: Dataset, run: Path, labels: str) -> list[Path]:
             raise DataError(f"{dataset.root}: {len(missing)} images of split {dataset.split!r} have no mask "
                             f"(e.g. {missing[0]}); labels: ground_truth needs them all")
         return [r.mask_path for r in dataset.records]
-    finished_stage(run, labels, STAGE)
     paths = [Path(run) / labels / f"{r.id}.png" for r in dataset.records]
     missing = [p for p in paths if not p.exists()]
     if missing:
@@ -116,6 +116,8 @@ def _mask_paths(dataset: Dataset, run: Path, labels: str) -> list[Path]:
 def train_seg(dataset: Dataset, run: Path, config: SegTrainConfig, *, device: str = "cpu", workers: int = 1,
               force: bool = False) -> dict:
     run = Path(run)
+    if config.labels != GROUND_TRUTH:
+        dataset = without_skipped_by(dataset, finished_stage(run, config.labels, STAGE), config.labels)
     if len(dataset) < config.batch_size:
         raise ConfigError(f"train_seg: {len(dataset)} images are fewer than batch_size {config.batch_size}")
     mask_paths = _mask_paths(dataset, run, config.labels)
@@ -149,4 +151,5 @@ def train_seg(dataset: Dataset, run: Path, config: SegTrainConfig, *, device: st
         atomic_write(model_path, lambda tmp: torch.save(saved, tmp))
         stage.record(items_computed=len(dataset) * epochs_run, history=history,
                      seconds_per_epoch=mean_epoch_seconds(history))
+        record_skipped(stage, dataset)
         return stage.manifest
