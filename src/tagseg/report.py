@@ -147,7 +147,7 @@ def classifier_table(manifest: dict) -> str:
     train_images = manifest.get("train_images_per_class", {})
     flagged = set((manifest.get("alarm") or {}).get("classes", []))
     rows = "".join(
-        f"<tr class='{'flagged' if name in flagged else ''}'><td>{html.escape(name)}</td><td>{_pct(ap)}</td>"
+        f"{'<tr class=flagged>' if name in flagged else '<tr>'}<td>{html.escape(name)}</td><td>{_pct(ap)}</td>"
         f"<td>{positives.get(name, '-')}</td><td>{train_images.get(name, '-')}</td></tr>"
         for name, ap in classification["per_class"].items())
     return (f"<h2>Classifier</h2><p>mAP {_pct(classification['map'])} on {html.escape(str(classification['split']))} "
