@@ -230,6 +230,21 @@ def _print_cam_scores(stage: str, manifest: dict) -> None:
         out.print(f"{stage}: label-free background threshold {manifest['label_free']['threshold']:.3f}")
 
 
+def _print_alarm(manifest: dict, dataset_path: Path | str | None = None) -> None:
+    """The weak-classifier alarm of a train_cam manifest, as a red box (nothing when it did not fire)."""
+    from rich.panel import Panel
+    from rich.text import Text
+
+    from tagseg.classifier_check import advice, finding_lines
+
+    alarm = manifest.get("alarm") or {}
+    if not alarm.get("fired"):
+        return
+    lines = finding_lines(alarm, (manifest.get("classification") or {}).get("split"))
+    text = Text("\n".join(f"- {line}" for line in lines) + "\n\n" + advice(str(dataset_path) if dataset_path else None))
+    out.print(Panel(text, title="WARNING: weak classifier (train_cam)", border_style="red", expand=False))
+
+
 @app.command("train-cam")
 def train_cam_command(
     dataset_path: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset root.")],
@@ -249,7 +264,10 @@ def train_cam_command(
     Keys (set in --config YAML or with --set): backbone, weights, head (cam|puzzle|attention|dilated),
     epochs, batch_size, crop_size, scale_range, optimizer (sgd|adamw), lr, head_lr_multiplier,
     momentum, weight_decay, freeze_bn, puzzle_alpha, attention_intensity, dilations, lambda_cls,
-    dense_at_inference, seed. A checkpoint is written every epoch; rerunning resumes.
+    dense_at_inference, seed, holdout_fraction (0.1: without an eval split, that share of each class's
+    images is held out of training to measure mAP), alarm.min_map (0.7), alarm.min_class_ap (0.5),
+    alarm.min_images (10): below these the run warns that the classifier is weak. A checkpoint is
+    written every epoch; rerunning resumes.
     """
     from tagseg.config import load_config
     from tagseg.data.dataset import list_splits
@@ -266,7 +284,9 @@ def train_cam_command(
     manifest = train_cam(dataset, run, settings, device=resolve_device(device), workers=workers,
                          eval_dataset=held_out, force=force)
     if manifest.get("classification"):
-        out.print(f"train_cam: mAP {_fmt(manifest['classification']['map'])} on {eval_split} tags")
+        out.print(f"train_cam: mAP {_fmt(manifest['classification']['map'])} on "
+                  f"{manifest['classification']['split']} tags")
+    _print_alarm(manifest, dataset_path)
 
 
 @app.command("make-cam")
@@ -589,15 +609,20 @@ def run_command(
     recipe, configs = load_recipe(recipe_path, overrides)
     log_to_run(recipe.run)
     record = run_recipe(recipe, configs)
+    manifests = {name: read_manifest(recipe.run / entry["output"]) or {} for name, entry in record["stages"].items()}
     for name, entry in record["stages"].items():
-        manifest = read_manifest(recipe.run / entry["output"]) or {}
+        manifest = manifests[name]
         metrics = manifest.get("metrics") or {}
         score = f"mIoU {_fmt(metrics['miou'])}" if metrics.get("miou") is not None else ""
+        if (manifest.get("classification") or {}).get("map") is not None:
+            score = f"mAP {_fmt(manifest['classification']['map'])} on {manifest['classification']['split']} tags"
         out.print(f"{name:16s} {entry['status']:9s} {entry.get('seconds', 0):8.1f} s  {score}")
     skipped = skipped_in_run(recipe.run)
     if skipped:
         out.print(f"skipped {len(skipped)} unreadable image(s), left out of the stages (listed in their manifests "
                   f"and the report): {', '.join(skipped)}")
+    for manifest in manifests.values():
+        _print_alarm(manifest, recipe.dataset)
 
 
 @app.command("report")

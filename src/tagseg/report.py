@@ -1,6 +1,7 @@
 """`tagseg report RUN`: one static HTML page (plus PNGs) showing what every stage of a run achieved.
 
-Per-stage metrics (oracle and label-free thresholds side by side), per-class IoU, threshold
+A weak-classifier warning box at the top when train_cam's alarm fired, per-stage metrics (oracle
+and label-free thresholds side by side), the classifier's per-class AP, per-class IoU, threshold
 curves drawn as inline SVG (no plotting library needed), and a gallery of training images with
 each stage's output side by side. When a fully supervised run is given (or named in the
 recipe), the final mIoU is also shown as a fraction of its. Images the stages skipped
@@ -18,6 +19,7 @@ import cv2
 import numpy as np
 
 from tagseg.artifacts import load_score_map
+from tagseg.classifier_check import advice, finding_lines
 from tagseg.data.dataset import open_dataset
 from tagseg.data.imageio import colorize, read_image, read_mask, write_image
 from tagseg.pipeline import PIPELINE_FILE
@@ -125,6 +127,36 @@ def gallery(run: Path, dataset, ids: list[str], out: Path, device: str = "cpu") 
     return columns
 
 
+def alarm_box(manifest: dict) -> str:
+    """train_cam's weak-classifier warning as a boxed paragraph (empty when the alarm did not fire)."""
+    alarm = manifest.get("alarm") or {}
+    if not alarm.get("fired"):
+        return ""
+    lines = finding_lines(alarm, (manifest.get("classification") or {}).get("split"))
+    return ('<div class="alarm"><b>Warning: weak classifier (train_cam)</b><ul>'
+            + "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+            + f"</ul><p>{html.escape(advice())}</p></div>")
+
+
+def classifier_table(manifest: dict) -> str:
+    """Per-class AP of the classifier, with the held-out and training images each AP rests on."""
+    classification = manifest.get("classification")
+    if not classification:
+        return ""
+    source = ("a tag-only hold-out of the training split" if classification.get("source") == "holdout"
+              else "the eval split")
+    positives = classification.get("positives", {})
+    train_images = manifest.get("train_images_per_class", {})
+    flagged = set((manifest.get("alarm") or {}).get("classes", []))
+    rows = "".join(
+        f"{'<tr class=flagged>' if name in flagged else '<tr>'}<td>{html.escape(name)}</td><td>{_pct(ap)}</td>"
+        f"<td>{positives.get(name, '-')}</td><td>{train_images.get(name, '-')}</td></tr>"
+        for name, ap in classification["per_class"].items())
+    return (f"<h2>Classifier</h2><p>mAP {_pct(classification['map'])} on {html.escape(str(classification['split']))} "
+            f"tags ({source}).</p><table><tr><th>class</th><th>AP</th><th>held-out images</th>"
+            f"<th>training images</th></tr>{rows}</table>")
+
+
 def final_miou(run: Path) -> tuple[str | None, float | None]:
     """The segmentation stage's mIoU (the last stage a recipe runs), if any."""
     for directory in sorted(run.glob("segment_*")):
@@ -147,7 +179,8 @@ def write_report(run: Path, upper_bound: Path | None = None, gallery_size: int =
     if upper_bound is None and recipe.get("upper_bound_run"):
         upper_bound = Path(recipe["upper_bound_run"])
     rows = stage_rows(run)
-    body = [f"<h1>TagSeg run {html.escape(str(run))}</h1>"]
+    classifier = read_manifest(run / "train_cam") or {}
+    body = [f"<h1>TagSeg run {html.escape(str(run))}</h1>", alarm_box(classifier)]
     final_stage, final = final_miou(run)
     if final is not None:
         line = f"<p><b>Final ({final_stage}) mIoU: {_pct(final)}</b>"
@@ -177,6 +210,7 @@ def write_report(run: Path, upper_bound: Path | None = None, gallery_size: int =
                     f"</td><td>{label_free}</td><td>{_ratio(free_metrics.get('mfp'))} / "
                     f"{_ratio(free_metrics.get('mfn'))}</td><td>{other}</td></tr>")
     body.append("</table>")
+    body.append(classifier_table(classifier))
     scored = [r for r in rows if r["metrics"].get("per_class")]
     if scored:
         classes = list(scored[0]["metrics"]["per_class"])
@@ -214,6 +248,8 @@ def write_report(run: Path, upper_bound: Path | None = None, gallery_size: int =
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>TagSeg report</title><style>"
             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
             "td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}figure{display:inline-block}"
+            ".alarm{border:3px solid #c00;background:#fff0f0;padding:0.5em 1em;margin:1em 0}"
+            "tr.flagged td{background:#fff0f0}"
             "</style></head><body>" + "\n".join(body) + "</body></html>\n")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "index.html", page)

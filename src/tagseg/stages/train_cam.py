@@ -2,13 +2,17 @@
 
 Writes ``<run>/train_cam/checkpoint.pt`` after every epoch (a killed run resumes from the
 last one and ends with the same weights as an uninterrupted run: data order and
-augmentation depend only on (seed, epoch, index)), then ``model.pt`` and, when a held-out
-split exists, its classification mAP.
+augmentation depend only on (seed, epoch, index)), then ``model.pt`` and the classifier's
+mAP on held-out tags: the eval split's, or else a tag-only hold-out carved from the training
+split (left out of classifier training only). A weak classifier sounds the alarm of
+:mod:`tagseg.classifier_check` in the log and the manifest.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +20,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tagseg.classifier_check import advice, carve_holdout, classifier_alarm, finding_lines
 from tagseg.data.dataset import Dataset, Record
 from tagseg.data.imageio import read_image
 from tagseg.data.transforms import normalize, random_scale_flip_crop, resize
@@ -24,7 +29,7 @@ from tagseg.metrics import average_precision
 from tagseg.models.backbones import create_backbone
 from tagseg.models.cam import CamNet, build_cam_net
 from tagseg.progress import track
-from tagseg.rundir import atomic_write, stage_dir
+from tagseg.rundir import ArtifactDir, atomic_write, stage_dir
 from tagseg.skipping import record_skipped
 from tagseg.training import build_optimizer, mean_epoch_seconds, set_train_mode, train_epochs
 
@@ -36,6 +41,16 @@ log = logging.getLogger(__name__)
 
 HEAD_KEYS = {"puzzle": ("puzzle_alpha", "puzzle_reconstruction"), "attention": ("attention_intensity",),
              "dilated": ("dilations", "lambda_cls", "dense_at_inference")}  # settings only that head reads
+
+
+class AlarmConfig(BaseModel):
+    """When to warn that the classifier is too weak to build on (AP values as fractions: 0.7 = 70 mAP)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_map: float = Field(0.7, ge=0, le=1)
+    min_class_ap: float = Field(0.5, ge=0, le=1)
+    min_images: int = Field(10, ge=0, description="fewest training images a class should have")
 
 
 class CamTrainConfig(BaseModel):
@@ -67,11 +82,16 @@ class CamTrainConfig(BaseModel):
     lambda_cls: float = Field(0.1, ge=0)
     dense_at_inference: bool = False
     seed: int = 0
+    holdout_fraction: float = Field(0.1, ge=0, le=0.5, description="without an eval split: share of each class's "
+                                    "images held out of training to measure mAP; 0 = none")
+    alarm: AlarmConfig = Field(default_factory=AlarmConfig)
 
     def identity(self) -> dict:
         """The settings that determine the trained model: other heads' keys are left out, so changing
-        a Puzzle-CAM default does not invalidate a plain-CAM run."""
+        a Puzzle-CAM default does not invalidate a plain-CAM run. The alarm only reads the result, and
+        the hold-out matters only without an eval split (:func:`train_cam` adds it then)."""
         unused = {key for head, keys in HEAD_KEYS.items() if head != self.head for key in keys}
+        unused |= {"alarm", "holdout_fraction"}
         if self.pool_padding:
             unused.add("pool_padding")  # at its default: runs made before the setting existed stay valid
         return {k: v for k, v in self.model_dump().items() if k not in unused}
@@ -138,12 +158,19 @@ def train_cam(dataset: Dataset, run: Path, config: CamTrainConfig, *, device: st
         log.warning("train_cam: %d images without tags are left out of training", len(dataset) - len(records))
     if len(records) < config.batch_size:
         raise ConfigError(f"train_cam: {len(records)} tagged images are fewer than batch_size {config.batch_size}")
+    holdout, held = None, []
+    if eval_dataset is None:
+        holdout, held = hold_out_tags(records, config)
+        records = [r for r in records if r.id not in set(holdout["ids"])]
     stage_config = {**config.identity(), **dataset.identity(),
                     "classes": list(dataset.class_names)}
+    if eval_dataset is None and config.holdout_fraction > 0:
+        stage_config["holdout_fraction"] = config.holdout_fraction  # it changes the training images
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
         model_path = stage.path / MODEL_FILE
         if model_path.exists():
             log.info("train_cam: already trained (%s)", model_path)
+            check_classifier(stage, dataset, records, config)
             return stage.manifest
         torch.manual_seed(config.seed)
         net = build_net(config, dataset.num_classes - 1, config.weights).to(device)
@@ -166,15 +193,59 @@ def train_cam(dataset: Dataset, run: Path, config: CamTrainConfig, *, device: st
                                step_loss=step_loss, set_train_mode=lambda: set_train_mode(net, config.freeze_bn),
                                device=device, name=STAGE)
 
-        fields = {"history": history, "seconds_per_epoch": mean_epoch_seconds(history)}
-        if eval_dataset is not None:
-            fields["classification"] = classification_map(net.eval(), eval_dataset, device)
-            log.info("train_cam: mAP on %s tags %.2f", eval_dataset.split, 100 * fields["classification"]["map"])
+        fields = {"history": history, "seconds_per_epoch": mean_epoch_seconds(history), "holdout": holdout}
+        scored = eval_dataset or (replace(dataset, records=held, split=f"{dataset.split or 'all'} hold-out")
+                                  if held else None)
+        if scored is not None:
+            fields["classification"] = {**classification_map(net.eval(), scored, device),
+                                        "source": "eval_split" if eval_dataset is not None else "holdout"}
+            log.info("train_cam: mAP on %s tags %.2f (per class: %s)", scored.split,
+                     100 * fields["classification"]["map"],
+                     ", ".join(f"{name} {'-' if ap is None else f'{100 * ap:.1f}'}"
+                               for name, ap in fields["classification"]["per_class"].items()))
         saved = {"state_dict": net.state_dict(), "config": config.model_dump(), "class_names": dataset.class_names}
         atomic_write(model_path, lambda tmp: torch.save(saved, tmp))
         stage.record(items_computed=len(records) * epochs_run, **fields)
         record_skipped(stage, *[d for d in (dataset, eval_dataset) if d is not None])
+        check_classifier(stage, dataset, records, config)
         return stage.manifest
+
+
+def hold_out_tags(records: list[Record], config: CamTrainConfig) -> tuple[dict, list[Record]]:
+    """The tag-only hold-out carved from the training split when no eval split is given: the
+    manifest entry (fraction, seed, ids, or why none) and the held-out records."""
+    entry = {"fraction": config.holdout_fraction, "seed": config.seed, "ids": []}
+    ids = carve_holdout({r.id: r.labels for r in records}, config.holdout_fraction, config.seed)
+    if not ids:
+        entry["skipped"] = ("holdout_fraction is 0" if config.holdout_fraction == 0 else
+                            f"no class has enough images to spare {config.holdout_fraction:g} of them")
+    elif len(records) - len(ids) < config.batch_size:
+        entry["skipped"] = (f"holding out {len(ids)} of {len(records)} images would leave fewer than "
+                            f"batch_size {config.batch_size} to train on")
+    else:
+        entry["ids"] = ids
+        log.info("train_cam: no eval split: %d of %d training images are held out of classifier training to "
+                 "measure its mAP (holdout_fraction %g); later stages still use them",
+                 len(ids), len(records), config.holdout_fraction)
+        chosen = set(ids)
+        return entry, [r for r in records if r.id in chosen]
+    log.warning("train_cam: no eval split, and no tag-only hold-out: %s; the classifier's mAP is not measured",
+                entry["skipped"])
+    return entry, []
+
+
+def check_classifier(stage: ArtifactDir, dataset: Dataset, records: list[Record], config: CamTrainConfig) -> None:
+    """Record the weak-classifier alarm (from the manifest's mAP and the training images per class)
+    and log it; run again for an already trained model, so new alarm settings apply without retraining."""
+    counts = Counter(c for r in records for c in r.labels)
+    per_class = {name: counts.get(index, 0) for index, name in enumerate(dataset.class_names) if index > 0}
+    classification = stage.manifest.get("classification") or {}
+    alarm = classifier_alarm(classification.get("map"), classification.get("per_class", {}), per_class,
+                             **config.alarm.model_dump())
+    stage.record(train_images_per_class=per_class, alarm=alarm)
+    if alarm["fired"]:
+        log.warning("train_cam: WEAK CLASSIFIER: %s. %s", "; ".join(finding_lines(alarm, classification.get("split"))),
+                    advice(str(dataset.root)))
 
 
 @torch.no_grad()
@@ -190,4 +261,6 @@ def classification_map(net: CamNet, dataset: Dataset, device: str, size: int = 3
         targets.append(dataset.multi_hot(record.labels))
     result = average_precision(np.stack(scores), np.stack(targets))
     names = dataset.class_names[1:]
-    return {"map": result["map"], "per_class": dict(zip(names, result["per_class"])), "split": dataset.split}
+    positives = np.stack(targets).sum(axis=0).astype(int).tolist()
+    return {"map": result["map"], "per_class": dict(zip(names, result["per_class"])), "split": dataset.split,
+            "positives": dict(zip(names, positives))}
