@@ -21,7 +21,7 @@ from tagseg.stages.random_walk import RandomWalkConfig, propagate, random_walk_s
 from tagseg.stages.train_affinity import AffinityTrainConfig, train_affinity
 from test_perimeterfit_stage import fake_cams
 
-TINY = dict(epochs=2, batch_size=2, crop_size=64, radius=3)
+TINY = dict(epochs=2, min_steps=0, batch_size=2, crop_size=64, radius=3)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from tagseg.rundir import ArtifactDir
 from tagseg.stages.make_cam import MakeCamConfig, make_cams
 from tagseg.stages.train_cam import CamTrainConfig, train_cam
 
-TINY = dict(epochs=2, batch_size=4, crop_size=64, lr=0.001, scale_range=(0.9, 1.1))
+TINY = dict(epochs=2, min_steps=0, batch_size=4, crop_size=64, lr=0.001, scale_range=(0.9, 1.1))
 
 
 @pytest.fixture(scope="module")

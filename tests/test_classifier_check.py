@@ -18,7 +18,7 @@ from tagseg.stages import train_cam as train_cam_module
 from tagseg.stages.train_cam import CamTrainConfig, train_cam
 
 THRESHOLDS = dict(min_map=0.7, min_class_ap=0.5, min_images=10)
-TINY = dict(epochs=1, batch_size=4, crop_size=32, lr=0.001, weights=None)
+TINY = dict(epochs=1, min_steps=0, batch_size=4, crop_size=32, lr=0.001, weights=None)
 
 
 def test_a_good_classifier_raises_no_alarm():

@@ -135,7 +135,7 @@ def test_train_cam_and_make_cam_commands(tmp_path):
     data = tmp_path / "data"
     tagseg("data", "synth", data, "--count", 12, "--width", 64, "--height", 48)
     config = tmp_path / "cam.yaml"
-    config.write_text("epochs: 1\nbatch_size: 4\ncrop_size: 64\nlr: 0.001\n")
+    config.write_text("epochs: 1\nmin_steps: 0\nbatch_size: 4\ncrop_size: 64\nlr: 0.001\n")
     trained = tagseg("train-cam", data, tmp_path / "run", "--config", config, "--set", "head=attention",
                      "--device", "cpu")
     assert "mAP" in trained.stderr

@@ -20,15 +20,15 @@ from tagseg.pipeline import load_recipe, run_recipe
 from tagseg.report import write_report
 
 TINY_STAGES = {
-    "train_cam": {"epochs": 1, "batch_size": 4, "crop_size": 64, "lr": 0.001, "weights": None},
+    "train_cam": {"epochs": 1, "min_steps": 0, "batch_size": 4, "crop_size": 64, "lr": 0.001, "weights": None},
     "make_cam": {"scales": [1.0]},
     "perimeterfit": {"grid": [0.2, 0.4], "perimeter": {"clusters": 8, "iterations": 6, "min_clusters": 3,
                                                        "slic_segments": 100, "max_side": 48}},
     "affinity_labels": {"cams": "perimeterfit", "crf": False},
-    "train_affinity": {"epochs": 1, "batch_size": 2, "crop_size": 64, "radius": 3, "weights": None},
+    "train_affinity": {"epochs": 1, "min_steps": 0, "batch_size": 2, "crop_size": 64, "radius": 3, "weights": None},
     "random_walk": {"cams": "perimeterfit", "radius": 3, "logt": 3},
     "pseudo_labels": {"crf": False},
-    "train_seg": {"epochs": 1, "batch_size": 2, "crop_size": 64, "weights": None},
+    "train_seg": {"epochs": 1, "min_steps": 0, "batch_size": 2, "crop_size": 64, "weights": None},
     "segment": {"scales": [1.0]},
 }
 

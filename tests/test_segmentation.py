@@ -18,7 +18,7 @@ from tagseg.rundir import stage_dir
 from tagseg.stages.segment import SegmentConfig, overlay, predict_folder, segment_split
 from tagseg.stages.train_seg import SegTrainConfig, load_seg_net, train_seg
 
-TINY = dict(epochs=1, batch_size=2, crop_size=64, weights=None)
+TINY = dict(epochs=1, min_steps=0, batch_size=2, crop_size=64, weights=None)
 
 
 @pytest.fixture(scope="module")

@@ -71,7 +71,7 @@ def test_make_cam_gives_the_same_cams_on_a_dataset_and_its_2x_copy(tmp_path):
         mask.resize((128, 96), Image.NEAREST).save(path)
 
     train = open_dataset(small, "train")
-    config = CamTrainConfig(epochs=1, batch_size=4, crop_size=64, lr=0.001, weights=None)
+    config = CamTrainConfig(epochs=1, min_steps=0, batch_size=4, crop_size=64, lr=0.001, weights=None)
     train_cam(train, tmp_path / "run_small", config)
     run_large = tmp_path / "run_large"
     shutil.copytree(tmp_path / "run_small" / "train_cam", run_large / "train_cam")

@@ -94,5 +94,5 @@ def advice(dataset_root: str | None = None) -> str:
     """Why a weak classifier matters and what to try."""
     return ("Every later stage (CAMs, seeds, the random walk, pseudo-labels, the segmentation network) inherits "
             "the classifier's mistakes, so expect poor masks for the classes named. Try more tagged images of "
-            "them, longer training (more epochs), or check the tags with "
+            "them, longer training (steps / min_steps / epochs), or check the tags with "
             f"`tagseg data check {dataset_root or 'DATASET'}`.")

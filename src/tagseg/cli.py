@@ -262,7 +262,8 @@ def train_cam_command(
     """Train the multi-label classifier from tags (CAM, Puzzle-CAM, attention pooling or dilated blocks).
 
     Keys (set in --config YAML or with --set): backbone, weights, head (cam|puzzle|attention|dilated),
-    epochs, batch_size, crop_size, scale_range, optimizer (sgd|adamw), lr, head_lr_multiplier,
+    epochs (5), min_steps (200), steps (null: epochs passes, at least min_steps), batch_size, crop_size, scale_range,
+    optimizer (sgd|adamw), lr, head_lr_multiplier,
     momentum, weight_decay, freeze_bn, puzzle_alpha, attention_intensity, dilations, lambda_cls,
     dense_at_inference, seed, holdout_fraction (0.1: without an eval split, that share of each class's
     images is held out of training to measure mAP), alarm.min_map (0.7), alarm.min_class_ap (0.5),
@@ -430,7 +431,7 @@ def train_affinity_command(
     """Train an affinity network on the seed labels (backbone frozen; resumable per epoch).
 
     Keys: kind (boundary: IRN boundary map; affinitynet: PSA embedding), backbone, weights,
-    radius (5), epochs (3), batch_size (8), crop_size (320), scale_range ([0.7, 1.3]),
+    radius (5), epochs (3), min_steps (120), steps (null), batch_size (8), crop_size (320), scale_range ([0.7, 1.3]),
     optimizer (sgd), lr (0.1), momentum, weight_decay, seed.
     """
     from tagseg.config import load_config
@@ -441,8 +442,8 @@ def train_affinity_command(
     log_to_run(run)
     dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
     manifest = train_affinity(dataset, run, settings, device=resolve_device(device), workers=workers, force=force)
-    out.print(f"{STAGE}: {settings.kind}, {len(manifest['history'])} epochs, final loss "
-              f"{manifest['history'][-1]['loss']:.4f}, {manifest['seconds_per_epoch']:.0f} s per epoch")
+    out.print(f"{STAGE}: {settings.kind}, {manifest['steps']} steps in {len(manifest['history'])} passes, final "
+              f"loss {manifest['history'][-1]['loss']:.4f}, {manifest['seconds_per_epoch']:.0f} s per pass")
 
 
 @app.command("random-walk")
@@ -519,7 +520,7 @@ def train_seg_command(
     """Train a DeepLab network on pseudo-labels (or on the true masks: labels=ground_truth, the upper bound).
 
     Keys: labels (pseudo_labels | ground_truth | any mask stage), head (deeplabv3plus | deeplabv2),
-    backbone, weights, output_stride (16), epochs (10), batch_size (8), crop_size (320),
+    backbone, weights, output_stride (16), epochs (10), min_steps (400), steps (null), batch_size (8), crop_size (320),
     scale_range ([0.5, 1.5]), optimizer (adamw), lr (0.0003), head_lr_multiplier (10), freeze_bn (true), seed.
     """
     from tagseg.config import load_config
@@ -530,8 +531,9 @@ def train_seg_command(
     log_to_run(run)
     dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
     manifest = train_seg(dataset, run, settings, device=resolve_device(device), workers=workers, force=force)
-    out.print(f"{STAGE}: {settings.head} on {settings.labels}, {len(manifest['history'])} epochs, final loss "
-              f"{manifest['history'][-1]['loss']:.4f}, {manifest['seconds_per_epoch']:.0f} s per epoch")
+    out.print(f"{STAGE}: {settings.head} on {settings.labels}, {manifest['steps']} steps in "
+              f"{len(manifest['history'])} passes, final loss {manifest['history'][-1]['loss']:.4f}, "
+              f"{manifest['seconds_per_epoch']:.0f} s per pass")
 
 
 @app.command("segment")

@@ -1,4 +1,5 @@
-"""The training loop every trained stage shares: poly LR, AMP on GPU, a checkpoint per epoch, exact resume.
+"""The training loop every trained stage shares: a step budget, poly LR, AMP on GPU, a checkpoint per pass,
+exact resume.
 
 A killed run restarts from its last checkpoint and ends with the same weights as an
 uninterrupted one, provided each epoch's batches depend only on (seed, epoch).
@@ -6,6 +7,7 @@ uninterrupted one, provided each epoch's batches depend only on (seed, epoch).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -62,52 +64,67 @@ def poly_lr(optimizer: torch.optim.Optimizer, step: int, total: int, power: floa
         group["lr"] = group["base_lr"] * (1 - step / total) ** power
 
 
+def training_steps(items: int, batch_size: int, epochs: int, steps: int | None, min_steps: int) -> int:
+    """How many optimisation steps a stage trains for: ``steps`` when given, else ``epochs`` passes over the
+    data but at least ``min_steps``, so a small dataset still gets enough updates (a large one is bounded by
+    its epochs). An incomplete last batch of a pass is dropped."""
+    if steps is not None:
+        return steps
+    return max(epochs * (items // batch_size), min_steps)
+
+
 def train_epochs(net: nn.Module, optimizer: torch.optim.Optimizer, stage: ArtifactDir, checkpoint_path: Path, *,
-                 crops: torch.utils.data.Dataset, epochs: int, batch_size: int, seed: int, workers: int,
+                 crops: torch.utils.data.Dataset, steps: int, batch_size: int, seed: int, workers: int,
                  step_loss: Callable[[object, int, int], dict], set_train_mode: Callable[[], None],
                  device: str, name: str) -> tuple[list[dict], int]:
-    """Run (or resume) ``epochs`` epochs; returns the per-epoch history (mean losses, seconds) and
-    how many epochs this call ran.
+    """Run (or resume) ``steps`` optimisation steps in passes over ``crops`` (the last pass cut short);
+    returns the per-pass history (mean losses, steps, seconds) and how many steps this call ran.
 
+    The poly learning-rate schedule runs over the ``steps``; a checkpoint is written after every pass.
     ``crops`` is a dataset with an ``epoch`` attribute its augmentation depends on;
     ``step_loss(batch, step, total_steps)`` returns a dict of losses whose ``loss`` entry is minimised.
     """
     on_gpu = device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=on_gpu)
     history, first_epoch = [], 0
+    steps_per_epoch = len(crops) // batch_size
+    epochs = -(-steps // steps_per_epoch)
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         history, first_epoch = state["history"], state["epoch"]
-        log.info("%s: resuming after epoch %d of %d", name, first_epoch, epochs)
-    steps_per_epoch = len(crops) // batch_size
-    total_steps = steps_per_epoch * epochs
+        log.info("%s: resuming after pass %d of %d", name, first_epoch, epochs)
+    steps_run = 0
     for epoch in range(first_epoch, epochs):
         set_train_mode()
         started, sums = time.perf_counter(), {}
-        batches = epoch_loader(crops, batch_size, seed, epoch, workers)
-        for index, batch in enumerate(track(batches, steps_per_epoch, f"{name} epoch {epoch + 1}/{epochs}")):
+        in_this_pass = min(steps_per_epoch, steps - epoch * steps_per_epoch)
+        batches = itertools.islice(epoch_loader(crops, batch_size, seed, epoch, workers), in_this_pass)
+        for index, batch in enumerate(track(batches, in_this_pass, f"{name} pass {epoch + 1}/{epochs}")):
             step = epoch * steps_per_epoch + index
-            poly_lr(optimizer, step, total_steps)
+            poly_lr(optimizer, step, steps)
             with torch.autocast("cuda", enabled=on_gpu):
-                parts = step_loss(batch, step, total_steps)
+                parts = step_loss(batch, step, steps)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(parts["loss"]).backward()
             scaler.step(optimizer)
             scaler.update()
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
-        history.append({"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 2),
-                        **{k: round(v / steps_per_epoch, 5) for k, v in sums.items()}})
-        log.info("%s: epoch %d loss %.4f (%.0f s)", name, epoch + 1, history[-1]["loss"], history[-1]["seconds"])
+        steps_run += in_this_pass
+        history.append({"epoch": epoch + 1, "steps": in_this_pass, "seconds": round(time.perf_counter() - started, 2),
+                        **{k: round(v / in_this_pass, 5) for k, v in sums.items()}})
+        log.info("%s: pass %d loss %.4f (%.0f s)", name, epoch + 1, history[-1]["loss"], history[-1]["seconds"])
         state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                  "history": history, "epoch": epoch + 1}
         atomic_write(checkpoint_path, lambda tmp: torch.save(state, tmp))
         stage.record(history=history)
-    return history, epochs - first_epoch
+    return history, steps_run
 
 
 def mean_epoch_seconds(history: list[dict]) -> float:
-    return round(float(np.mean([h["seconds"] for h in history])), 2)
+    """Mean seconds of a whole pass over the data (a cut-short last pass left out)."""
+    longest = max(h.get("steps", 0) for h in history)
+    return round(float(np.mean([h["seconds"] for h in history if h.get("steps", 0) == longest])), 2)

@@ -27,7 +27,7 @@ from tagseg.refine.random_walk import neighbor_offsets
 from tagseg.rundir import atomic_write, finished_stage, stage_dir
 from tagseg.skipping import record_skipped, without_skipped_by
 from tagseg.stages.affinity_labels import STAGE as LABELS_STAGE
-from tagseg.training import build_optimizer, mean_epoch_seconds, train_epochs
+from tagseg.training import build_optimizer, mean_epoch_seconds, train_epochs, training_steps
 
 STAGE = "train_affinity"
 MODEL_FILE = "model.pt"
@@ -42,7 +42,9 @@ class AffinityTrainConfig(BaseModel):
     backbone: str = "efficientnet_lite0"
     weights: str | None = "imagenet"
     radius: int = Field(5, ge=2, description="pairs within this distance (stride-4 pixels) are labelled")
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(3, ge=1, description="passes over the data (see min_steps and steps)")
+    steps: int | None = Field(None, ge=1, description="optimisation steps in all; overrides epochs and min_steps")
+    min_steps: int = Field(120, ge=0, description="train at least this many steps")
     batch_size: int = Field(8, ge=1)
     crop_size: int = Field(320, ge=32)
     scale_range: tuple[float, float] = (0.7, 1.3)
@@ -122,13 +124,15 @@ def train_affinity(dataset: Dataset, run: Path, config: AffinityTrainConfig, *, 
             pairs = {"fg_positive": fg, "bg_positive": bg, "negative": negative}
             return net.loss(images, pairs, crops.offsets)
 
-        history, epochs_run = train_epochs(
-            net, optimizer, stage, stage.path / CHECKPOINT_FILE, epochs=config.epochs,
+        steps = training_steps(len(dataset), config.batch_size, config.epochs, config.steps, config.min_steps)
+        history, steps_run = train_epochs(
+            net, optimizer, stage, stage.path / CHECKPOINT_FILE, steps=steps,
             crops=crops, batch_size=config.batch_size, seed=config.seed, workers=workers, step_loss=step_loss,
             set_train_mode=net.train, device=device, name=STAGE)
         saved = {"state_dict": net.state_dict(), "config": config.model_dump()}
         atomic_write(model_path, lambda tmp: torch.save(saved, tmp))
-        stage.record(items_computed=len(dataset) * epochs_run, history=history,
+        stage.record(items_computed=steps_run * config.batch_size, steps=steps, train_images=len(dataset),
+                     history=history,
                      seconds_per_epoch=mean_epoch_seconds(history))
         record_skipped(stage, dataset)
         return stage.manifest

@@ -31,7 +31,7 @@ from tagseg.models.cam import CamNet, build_cam_net
 from tagseg.progress import track
 from tagseg.rundir import ArtifactDir, atomic_write, stage_dir
 from tagseg.skipping import record_skipped
-from tagseg.training import build_optimizer, mean_epoch_seconds, set_train_mode, train_epochs
+from tagseg.training import build_optimizer, mean_epoch_seconds, set_train_mode, train_epochs, training_steps
 
 STAGE = "train_cam"
 MODEL_FILE = "model.pt"
@@ -60,7 +60,9 @@ class CamTrainConfig(BaseModel):
     weights: str | None = Field("imagenet", description="'imagenet', a state-dict file, or null for random init")
     output_stride: Literal[8, 16] = 16
     head: Literal["cam", "puzzle", "attention", "dilated"] = "cam"
-    epochs: int = Field(5, ge=1)
+    epochs: int = Field(5, ge=1, description="passes over the data (see min_steps and steps)")
+    steps: int | None = Field(None, ge=1, description="optimisation steps in all; overrides epochs and min_steps")
+    min_steps: int = Field(200, ge=0, description="train at least this many steps: a small dataset's 5 epochs are too few updates")
     batch_size: int = Field(8, ge=1)
     crop_size: int = Field(320, ge=32)
     scale_range: tuple[float, float] = (0.7, 1.3)
@@ -188,7 +190,8 @@ def train_cam(dataset: Dataset, run: Path, config: CamTrainConfig, *, device: st
             return net.loss(images, targets, step, total_steps, None if config.pool_padding else valid)
 
         checkpoint_path = stage.path / CHECKPOINT_FILE
-        history, epochs_run = train_epochs(net, optimizer, stage, checkpoint_path, epochs=config.epochs,
+        steps = training_steps(len(records), config.batch_size, config.epochs, config.steps, config.min_steps)
+        history, steps_run = train_epochs(net, optimizer, stage, checkpoint_path, steps=steps,
                                crops=crops, batch_size=config.batch_size, seed=config.seed, workers=workers,
                                step_loss=step_loss, set_train_mode=lambda: set_train_mode(net, config.freeze_bn),
                                device=device, name=STAGE)
@@ -205,7 +208,7 @@ def train_cam(dataset: Dataset, run: Path, config: CamTrainConfig, *, device: st
                                for name, ap in fields["classification"]["per_class"].items()))
         saved = {"state_dict": net.state_dict(), "config": config.model_dump(), "class_names": dataset.class_names}
         atomic_write(model_path, lambda tmp: torch.save(saved, tmp))
-        stage.record(items_computed=len(records) * epochs_run, **fields)
+        stage.record(items_computed=steps_run * config.batch_size, steps=steps, train_images=len(records), **fields)
         record_skipped(stage, *[d for d in (dataset, eval_dataset) if d is not None])
         check_classifier(stage, dataset, records, config)
         return stage.manifest

@@ -25,7 +25,7 @@ from tagseg.models.backbones import create_backbone
 from tagseg.models.segmentation import SegmentationNet, build_segmentation_net
 from tagseg.rundir import atomic_write, finished_stage, stage_dir
 from tagseg.skipping import record_skipped, without_skipped_by
-from tagseg.training import build_optimizer, mean_epoch_seconds, set_train_mode, train_epochs
+from tagseg.training import build_optimizer, mean_epoch_seconds, set_train_mode, train_epochs, training_steps
 
 STAGE = "train_seg"
 MODEL_FILE = "model.pt"
@@ -42,7 +42,9 @@ class SegTrainConfig(BaseModel):
     backbone: str = "efficientnet_lite0"
     weights: str | None = "imagenet"
     output_stride: Literal[8, 16] = 16
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(10, ge=1, description="passes over the data (see min_steps and steps)")
+    steps: int | None = Field(None, ge=1, description="optimisation steps in all; overrides epochs and min_steps")
+    min_steps: int = Field(400, ge=0, description="train at least this many steps")
     batch_size: int = Field(8, ge=1)
     crop_size: int = Field(320, ge=32)
     scale_range: tuple[float, float] = (0.5, 1.5)
@@ -143,13 +145,15 @@ def train_seg(dataset: Dataset, run: Path, config: SegTrainConfig, *, device: st
                 return {"loss": logits.sum() * 0.0}
             return {"loss": F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)}
 
-        history, epochs_run = train_epochs(
-            net, optimizer, stage, stage.path / CHECKPOINT_FILE, epochs=config.epochs,
+        steps = training_steps(len(dataset), config.batch_size, config.epochs, config.steps, config.min_steps)
+        history, steps_run = train_epochs(
+            net, optimizer, stage, stage.path / CHECKPOINT_FILE, steps=steps,
             crops=crops, batch_size=config.batch_size, seed=config.seed, workers=workers, step_loss=step_loss,
             set_train_mode=lambda: set_train_mode(net, config.freeze_bn), device=device, name=STAGE)
         saved = {"state_dict": net.state_dict(), "config": config.model_dump(), "class_names": dataset.class_names}
         atomic_write(model_path, lambda tmp: torch.save(saved, tmp))
-        stage.record(items_computed=len(dataset) * epochs_run, history=history,
+        stage.record(items_computed=steps_run * config.batch_size, steps=steps, train_images=len(dataset),
+                     history=history,
                      seconds_per_epoch=mean_epoch_seconds(history))
         record_skipped(stage, dataset)
         return stage.manifest
