@@ -30,6 +30,7 @@ from tagseg.models.backbones import create_backbone
 from tagseg.models.cam import CamNet, build_cam_net
 from tagseg.progress import track
 from tagseg.rundir import ArtifactDir, atomic_write, stage_dir
+from tagseg.sizing import REFERENCE_SIZE
 from tagseg.skipping import record_skipped
 from tagseg.training import build_optimizer, mean_epoch_seconds, set_train_mode, train_epochs, training_steps
 
@@ -252,7 +253,7 @@ def check_classifier(stage: ArtifactDir, dataset: Dataset, records: list[Record]
 
 
 @torch.no_grad()
-def classification_map(net: CamNet, dataset: Dataset, device: str, size: int = 320) -> dict:
+def classification_map(net: CamNet, dataset: Dataset, device: str, size: int = REFERENCE_SIZE) -> dict:
     """Image-level mAP of the classifier on a split's tags (single scale, long side = ``size``)."""
     scores, targets = [], []
     for record in track(dataset.records, len(dataset), f"mAP on {dataset.split or 'all'}"):
