@@ -10,6 +10,7 @@ from tagseg.config import load_config
 from tagseg.data.dataset import open_dataset
 from tagseg.data.make_synthetic import write_synthetic_dataset
 from tagseg.errors import ConfigError
+from tagseg.label_free import GRID
 from tagseg.metrics import ConfusionMatrix
 from tagseg.rundir import ArtifactDir
 from tagseg.stages.make_cam import MakeCamConfig, make_cams
@@ -79,6 +80,12 @@ def test_train_and_make_cam_beat_all_background(synthetic_128, tmp_path):
     assert json.loads((tmp_path / "make_cam" / "manifest.json").read_text())["status"] == "complete"
     again = make_cams(train, tmp_path, MakeCamConfig(scales=(1.0, 1.5)))  # resumes: nothing to do
     assert again["timings"]["items_computed"] == len(train)
+    free = again["label_free"]  # the default asks the classifier about masked images
+    assert free["method"] == "masking" and free["threshold"] in GRID and len(free["criterion"]) == len(GRID)
+    assert free["metrics"]["miou"] is not None
+    # the label-free method is rescoring only: another one reuses the stage's CAMs
+    otsu = make_cams(train, tmp_path, MakeCamConfig(scales=(1.0, 1.5), label_free="otsu"))
+    assert otsu["label_free"]["method"] == "otsu" and otsu["timings"]["items_computed"] == len(train)
 
 
 def test_config_errors_name_the_key(tmp_path):

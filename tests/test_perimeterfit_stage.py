@@ -80,6 +80,8 @@ def test_label_free_and_fixed_thresholds(synthetic, tmp_path):
     fake_cams(dataset, tmp_path)
     manifest = perimeterfit(dataset, tmp_path, config(search="label_free"))
     assert manifest["threshold_choice"] == "label_free"
+    # no classifier in this run (hand-made CAMs): the masking threshold falls back to Otsu's, and says so
+    assert manifest["label_free"]["method"] == "otsu" and "train_cam/model.pt" in manifest["label_free"]["note"]
     assert set(manifest["thresholds"].values()) == {manifest["thresholds"]["slic"]}
     shutil.copytree(tmp_path / "make_cam", tmp_path / "fixed" / "make_cam")
     fixed = perimeterfit(dataset, tmp_path / "fixed", config(thresholds={"slic": 0.2, "quickshift": 0.4}))

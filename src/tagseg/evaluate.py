@@ -11,42 +11,13 @@ from tagseg.artifacts import load_score_map
 from tagseg.data.dataset import Dataset, read_class_names
 from tagseg.data.imageio import read_mask
 from tagseg.errors import DataError
-from tagseg.metrics import (
-    ConfusionMatrix, ThresholdSweep, labels_from_scores, otsu_threshold, scores_from_confusion,
-)
+from tagseg.label_free import SCORE_BINS, best_score_histogram, otsu, stage_threshold
+from tagseg.metrics import ConfusionMatrix, ThresholdSweep, labels_from_scores, scores_from_confusion
 from tagseg.progress import parallel_map
 from tagseg.rundir import read_manifest
 from tagseg.skipping import skipped_by
 
 DEFAULT_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.0, 1.0, 0.01))
-SCORE_BINS = np.linspace(0.0, 1.0, 201)
-
-
-def best_score_histogram(scores: np.ndarray) -> np.ndarray:
-    """Histogram of each pixel's best class score (0 where no class is tagged) over [0, 1]."""
-    best = scores.max(axis=0) if len(scores) else np.zeros(scores.shape[1:], np.float32)
-    return np.histogram(np.clip(best, 0.0, 1.0), bins=SCORE_BINS)[0]
-
-
-def label_free_threshold(histogram: np.ndarray) -> float:
-    """A background threshold chosen without ground truth: Otsu's split of the best-score histogram.
-
-    CAM scores are bimodal (background near 0, objects near 1); the split between the modes
-    is where a pixel is as likely to belong to either.
-    """
-    return round(otsu_threshold(histogram, SCORE_BINS), 3)
-
-
-def label_free_threshold_of(prediction_dir: Path, ids: list[str], workers: int = 1) -> float:
-    """The label-free threshold of a folder of score maps (no ground truth needed)."""
-    histogram = np.zeros(len(SCORE_BINS) - 1, np.int64)
-
-    def load(item_id: str) -> np.ndarray:
-        return best_score_histogram(load_score_map(prediction_dir / f"{item_id}.npz")[0])
-
-    for counts in parallel_map(load, ids, len(ids), "score histogram", workers):
-        histogram += counts
-    return label_free_threshold(histogram)
 
 
 @dataclass(frozen=True)
@@ -122,8 +93,9 @@ def evaluate_masks(prediction_dir: Path, truth: GroundTruth, workers: int = 1) -
 
 
 def evaluate_scores(prediction_dir: Path, truth: GroundTruth, thresholds=DEFAULT_THRESHOLDS,
-                    workers: int = 1) -> dict:
-    """Score maps: with a background channel, argmax; without, sweep the background threshold."""
+                    workers: int = 1, label_free: float | None = None) -> dict:
+    """Score maps: with a background channel, argmax; without, sweep the background threshold and
+    score the label-free one too (``label_free``, else Otsu's of the maps' best-score histogram)."""
     num_classes = len(truth.class_names)
     pairs = _paired(prediction_dir, truth, ".npz")
     sweep = ThresholdSweep(np.asarray(thresholds), num_classes)
@@ -151,7 +123,7 @@ def evaluate_scores(prediction_dir: Path, truth: GroundTruth, thresholds=DEFAULT
     curve = sweep.curve(truth.class_names)
     matrices = sweep.matrices()
     best = max(range(len(curve)), key=lambda k: -1.0 if curve[k]["miou"] is None else curve[k]["miou"])
-    free = label_free_threshold(histogram)
+    free = otsu(histogram) if label_free is None else label_free
     nearest = int(np.argmin(np.abs(sweep.thresholds - free)))
     return {"kind": "scores", "num_images": len(pairs), "threshold": curve[best]["threshold"],
             "metrics": scores_from_confusion(matrices[best], truth.class_names), "curve": curve,
@@ -179,11 +151,15 @@ def evaluate(prediction_dir: Path, truth: GroundTruth, workers: int = 1,
             **({"skipped": skipped} if skipped else {})}
 
 
-def score_stage_fields(folder: Path, dataset: Dataset, workers: int = 1) -> dict:
-    """What a score stage records about its output: oracle metrics, curve and label-free threshold when
-    the dataset has masks, else the label-free threshold alone."""
+def score_stage_fields(folder: Path, dataset: Dataset, workers: int = 1, label_free: str = "otsu", net=None,
+                       device: str = "cpu") -> dict:
+    """What a score stage records about its output: the label-free threshold (``label_free``: the
+    method, see :mod:`tagseg.label_free`; ``net`` the run's classifier for ``masking``) and, when the
+    dataset has masks, oracle metrics, curve and the metrics at the label-free threshold."""
+    free = stage_threshold(folder, dataset, label_free, net, device, workers)
     if any(r.mask_path for r in dataset.records):
-        result = evaluate_scores(folder, GroundTruth.from_dataset(dataset), workers=workers)
+        result = evaluate_scores(folder, GroundTruth.from_dataset(dataset), workers=workers,
+                                 label_free=free["threshold"])
         return {"metrics": result["metrics"], "threshold": result["threshold"], "curve": result["curve"],
-                "label_free": result["label_free"]}
-    return {"label_free": {"threshold": label_free_threshold_of(folder, dataset.ids, workers)}}
+                "label_free": {**free, **result["label_free"]}}
+    return {"label_free": free}

@@ -24,6 +24,7 @@ from tagseg.data.dataset import Dataset, Record, batches_by_size
 from tagseg.data.imageio import read_image
 from tagseg.data.transforms import resize, to_batch
 from tagseg.evaluate import score_stage_fields
+from tagseg.label_free import Method as LabelFreeMethod
 from tagseg.models.cam import CamNet, upsampled_cams
 from tagseg.progress import parallel_map
 from tagseg.rundir import file_digest, stage_dir
@@ -42,6 +43,8 @@ class MakeCamConfig(BaseModel):
     flip: bool = True
     batch_size: int = Field(4, ge=1, description="images of the same size per forward pass")
     image_size: ImageSize = Field("auto", description=IMAGE_SIZE_HELP)
+    label_free: LabelFreeMethod = Field("masking", description="how the threshold recorded as label-free is "
+                                                               "chosen (rescoring only: not part of the stage's identity)")
 
     _scales = field_validator("scales")(positive_scales)
 
@@ -79,7 +82,8 @@ def make_cams(dataset: Dataset, run: Path, config: MakeCamConfig, *, device: str
     net, saved = load_cam_net(model_path, device)
     image_size = resolve_image_size(config.image_size, dataset)
     scales = input_scales(config.scales, image_size)
-    stage_config = {**config.model_dump(), "image_size": image_size, "model": f"{TRAIN_STAGE}/{MODEL_FILE}",
+    stage_config = {**config.model_dump(exclude={"label_free"}), "image_size": image_size,
+                    "model": f"{TRAIN_STAGE}/{MODEL_FILE}",
                     "model_digest": file_digest(model_path),
                     **dataset.identity()}
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
@@ -101,5 +105,5 @@ def make_cams(dataset: Dataset, run: Path, config: MakeCamConfig, *, device: str
         if todo:
             stage.record(items_computed=len(todo),
                          images_per_second=round(len(todo) / (time.perf_counter() - started), 3))
-        stage.record(**score_stage_fields(stage.path, dataset, workers))
+        stage.record(**score_stage_fields(stage.path, dataset, workers, config.label_free, net, device))
         return stage.manifest

@@ -22,13 +22,15 @@ from tagseg.artifacts import load_score_map, save_score_map
 from tagseg.data.dataset import Dataset
 from tagseg.data.imageio import read_mask
 from tagseg.errors import StageError
-from tagseg.evaluate import DEFAULT_THRESHOLDS, GroundTruth, label_free_threshold_of, score_stage_fields
+from tagseg.evaluate import DEFAULT_THRESHOLDS, GroundTruth, score_stage_fields
+from tagseg.label_free import Method as LabelFreeMethod, otsu_of
 from tagseg.metrics import ThresholdSweep
 from tagseg.progress import parallel_map
 from tagseg.refine.perimeterfit import Combination, combine, fit_masks, perimeter_regions, region_minimum
 from tagseg.rundir import finished_stage, read_manifest, stage_dir
 from tagseg.skipping import record_skipped, without_skipped_by
 from tagseg.stages.perimeter import PerimeterConfig, Variant, perimeter_maps, read_perimeter, stage_name
+from tagseg.stages.train_cam import run_classifier
 
 STAGE = "perimeterfit"
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ class PerimeterFitConfig(BaseModel):
     thresholds: dict[Variant, float] | None = Field(None, description="CAM-negative threshold per variant")
     search: Literal["grid", "label_free"] = "grid"
     grid: tuple[float, ...] = tuple(round(0.1 + 0.05 * k, 2) for k in range(9))
+    label_free: LabelFreeMethod = Field("masking", description="how the output's label-free background threshold "
+                                                               "is chosen (rescoring only)")
 
     @field_validator("grid")
     @classmethod
@@ -116,7 +120,7 @@ def perimeterfit(dataset: Dataset, run: Path, config: PerimeterFitConfig, *, dev
     dataset = without_skipped_by(dataset, cam_manifest, config.cams)
     perimeter_maps(dataset, run, config.perimeter, device=device, workers=workers, force=force)
     perimeter_dirs = {v: run / stage_name(v) for v in config.perimeter.variants}
-    stage_config = {**config.model_dump(), "cams_config": cam_manifest["config"],
+    stage_config = {**config.model_dump(exclude={"label_free"}), "cams_config": cam_manifest["config"],
                     **dataset.identity()}
     has_masks = any(r.mask_path for r in dataset.records)
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
@@ -133,7 +137,8 @@ def perimeterfit(dataset: Dataset, run: Path, config: PerimeterFitConfig, *, dev
         for _ in parallel_map(refine_one, todo, len(todo), f"perimeterfit ({len(todo)} images)", workers):
             pass
         stage.record(items_computed=len(todo))
-        stage.record(**score_stage_fields(stage.path, dataset, workers))
+        net = run_classifier(run, device) if config.label_free == "masking" else None
+        stage.record(**score_stage_fields(stage.path, dataset, workers, config.label_free, net, device))
         return stage.manifest
 
 
@@ -156,7 +161,7 @@ def _choose_thresholds(dataset: Dataset, cam_dir: Path, perimeter_dirs: dict[str
                         dataset.root)
         free = (read_manifest(cam_dir) or {}).get("label_free", {}).get("threshold")
         if free is None:
-            free = label_free_threshold_of(cam_dir, dataset.ids, workers)
+            free = otsu_of(cam_dir, dataset.ids, workers)
         thresholds, how = {v: float(free) for v in variants}, "label_free"
     log.info("perimeterfit: thresholds %s (%s)", thresholds, how)
     stage.record(thresholds=thresholds, threshold_choice=how)

@@ -30,6 +30,7 @@ from tagseg.data.dataset import Dataset
 from tagseg.data.imageio import read_image
 from tagseg.data.transforms import resize, to_batch
 from tagseg.evaluate import score_stage_fields
+from tagseg.label_free import Method as LabelFreeMethod
 from tagseg.models.affinity import AffinityModel, BoundaryNet
 from tagseg.progress import parallel_map
 from tagseg.refine.random_walk import neighbor_offsets, path_affinities, random_walk, transition_matrix
@@ -37,6 +38,7 @@ from tagseg.rundir import file_digest, finished_stage, stage_dir
 from tagseg.sizing import IMAGE_SIZE_HELP, ImageSize, input_scales, resolve_image_size
 from tagseg.skipping import record_skipped, without_skipped_by
 from tagseg.stages.train_affinity import MODEL_FILE, STAGE as TRAIN_STAGE, load_affinity_model
+from tagseg.stages.train_cam import run_classifier
 
 STAGE = "random_walk"
 log = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ class RandomWalkConfig(BaseModel):
     normalize: Literal["global", "per_class"] = Field(
         "per_class", description="divide the walked scores by each class's maximum, or by their overall maximum (IRN)")
     image_size: ImageSize = Field("auto", description=IMAGE_SIZE_HELP)
+    label_free: LabelFreeMethod = Field("masking", description="how the output's label-free background threshold "
+                                                               "is chosen (rescoring only)")
 
 
 @torch.no_grad()
@@ -103,7 +107,8 @@ def random_walk_stage(dataset: Dataset, run: Path, config: RandomWalkConfig, *, 
     offsets = neighbor_offsets(config.radius)
     image_size = resolve_image_size(config.image_size, dataset)
     (scale,) = input_scales([1.0], image_size)
-    stage_config = {**config.model_dump(), "image_size": image_size, "source_config": source["config"],
+    stage_config = {**config.model_dump(exclude={"label_free"}), "image_size": image_size,
+                    "source_config": source["config"],
                     "model": f"{TRAIN_STAGE}/{MODEL_FILE}", "model_digest": file_digest(model_path),
                     **dataset.identity()}
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
@@ -126,5 +131,6 @@ def random_walk_stage(dataset: Dataset, run: Path, config: RandomWalkConfig, *, 
         if todo:
             stage.record(items_computed=len(todo),
                          seconds_per_image=round((time.perf_counter() - started) / len(todo), 4))
-        stage.record(**score_stage_fields(stage.path, dataset, workers))
+        classifier = run_classifier(run, device) if config.label_free == "masking" else None
+        stage.record(**score_stage_fields(stage.path, dataset, workers, config.label_free, classifier, device))
         return stage.manifest

@@ -153,6 +153,12 @@ def load_cam_net(path: Path, device: str = "cpu") -> tuple[CamNet, dict]:
     return net.to(device).eval(), saved
 
 
+def run_classifier(run: Path, device: str = "cpu") -> CamNet | None:
+    """The run's trained classifier (eval mode), or None when ``train_cam`` has not finished there."""
+    path = Path(run) / STAGE / MODEL_FILE
+    return load_cam_net(path, device)[0] if path.exists() else None
+
+
 def train_cam(dataset: Dataset, run: Path, config: CamTrainConfig, *, device: str = "cpu", workers: int = 1,
               eval_dataset: Dataset | None = None, force: bool = False) -> dict:
     """Train (or resume training) the classifier; returns the stage manifest."""

@@ -1,0 +1,142 @@
+"""Label-free background thresholds against the oracle, per score stage (CAM, PerimeterFit, walk).
+
+    .venv/bin/python benchmarks/label_free_msrc.py --run runs/msrc_lf
+    .venv/bin/python benchmarks/label_free_msrc.py --run runs/synth_lf --dataset runs/synth \
+        --out benchmarks/results/label_free_synth.json
+
+Reads the finished score stages of a run (``make_cam``, ``perimeterfit``, ``random_walk``) and its
+classifier (``train_cam/model.pt``). For each stage and rule of :mod:`tagseg.label_free` it computes
+the rule's criterion per image (cached under ``<run>/label_free_bench/<stage>/``, so the script
+resumes), chooses the threshold from a subset of the images (``--max-images``, evenly spaced) and
+reads its mIoU on the whole split from the stage's recorded threshold curve. The oracle is that
+curve's best. No rule parameter is fitted to masks: the erase fill (backbone mean), the scale the
+classifier sees, the CRF settings (the recipe's) and the threshold grid are fixed in advance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from common import MSRC, ROOT, pct, write_result
+from tagseg.artifacts import load_score_map
+from tagseg.data.dataset import open_dataset
+from tagseg.data.imageio import read_image
+from tagseg.data.transforms import normalize, resize
+from tagseg.label_free import GRID, choose, crf_agreement, masking_criterion, masking_logits, threshold_labels
+from tagseg.refine.crf import CrfParams
+from tagseg.rundir import finished_stage
+from tagseg.stages.train_cam import MODEL_FILE, load_cam_net
+
+STAGES = ("make_cam", "perimeterfit", "random_walk")
+NAMES = {"make_cam": "CAM", "perimeterfit": "PerimeterFit", "random_walk": "walk"}
+
+
+def subset(ids: list[str], count: int | None) -> list[str]:
+    """``count`` ids evenly spaced over the split (all when count is None or larger)."""
+    if count is None or count >= len(ids):
+        return list(ids)
+    return [ids[i] for i in np.linspace(0, len(ids) - 1, count).round().astype(int)]
+
+
+def image_criteria(record, scores: np.ndarray, net, scale: float, crf_params: CrfParams) -> dict:
+    image = read_image(record.image_path)[0]
+    labels = threshold_labels(scores, GRID)
+    out = {"crf": crf_agreement(image, labels, len(scores) + 1, 0.7, crf_params)}
+    height, width = round(image.shape[0] * scale), round(image.shape[1] * scale)
+    small = np.stack([resize(s, height, width) for s in scores]) if len(scores) else scores
+    x = torch.from_numpy(normalize(resize(image, height, width), net.backbone.mean, net.backbone.std))
+    if len(scores):
+        logits = masking_logits(net.class_scores, x, threshold_labels(small, GRID),
+                                [c - 1 for c in record.labels])
+        out.update({f"masking_{k}": v for k, v in logits.items()})
+    return out
+
+
+def stage_criteria(run: Path, stage: str, dataset, ids: list[str], net, scale: float,
+                   crf_params: CrfParams) -> dict[str, np.ndarray]:
+    """Per-threshold totals over ``ids`` of every rule's criterion (per-image values cached on disk)."""
+    cache = run / "label_free_bench" / stage
+    cache.mkdir(parents=True, exist_ok=True)
+    totals = {name: np.zeros(len(GRID)) for name in ("masking", "masking_probability", "masking_uncorrected", "crf")}
+    started = time.perf_counter()
+    for n, item_id in enumerate(ids):
+        path = cache / f"{item_id}.npz"
+        if not path.exists():
+            scores, _ = load_score_map(run / stage / f"{item_id}.npz")
+            np.savez(path, **image_criteria(dataset.record(item_id), scores, net, scale, crf_params))
+            print(f"{stage} {n + 1}/{len(ids)} {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
+        with np.load(path) as data:
+            totals["crf"] += data["crf"]
+            if "masking_full" in data:
+                logits = {k: data[f"masking_{k}"] for k in ("full", "blank", "erased", "kept", "area")}
+                totals["masking"] += masking_criterion(**logits)
+                totals["masking_probability"] += masking_criterion(**logits, space="probability")
+                # the score's fall with the mask minus its fall with the complement, without the area term
+                totals["masking_uncorrected"] += masking_criterion(**{**logits, "area": np.full_like(logits["area"], 0.5)},
+                                                                   space="probability")
+    return {name: values / len(ids) for name, values in totals.items()}
+
+
+def miou_at(curve: list[dict], threshold: float) -> float:
+    nearest = min(curve, key=lambda c: abs(c["threshold"] - threshold))
+    return nearest["miou"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, default=ROOT / "runs" / "msrc_lf")
+    parser.add_argument("--dataset", type=Path, default=MSRC)
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    parser.add_argument("--max-images", type=int, default=64, help="images the image-based rules look at")
+    parser.add_argument("--scale", type=float, default=1.0, help="image scale the classifier sees when masking")
+    parser.add_argument("--crf-bilateral-sxy", type=float, default=32.0, help="the recipe's CRF width")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "label_free_msrc.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    dataset = open_dataset(args.dataset, args.split)
+    net, _ = load_cam_net(args.run / "train_cam" / MODEL_FILE)
+    crf_params = CrfParams(bilateral_sxy=args.crf_bilateral_sxy)
+    ids = subset(dataset.ids, args.max_images)
+    rows = []
+    for stage in args.stages:
+        manifest = finished_stage(args.run, stage, "the label-free benchmark")
+        curve = manifest["curve"]
+        started = time.perf_counter()
+        totals = stage_criteria(args.run, stage, dataset, ids, net, args.scale, crf_params)
+        seconds = time.perf_counter() - started
+        rules = {"otsu": manifest["label_free"]["threshold"],
+                 **{name: choose(GRID, values) for name, values in totals.items()}}
+        oracle = pct(manifest["metrics"]["miou"])
+        rows.append({"stage": stage, "oracle_threshold": manifest["threshold"], "oracle_miou": oracle,
+                     "rules": {name: {"threshold": t, "miou": pct(miou_at(curve, t)),
+                                      "gap": round(pct(miou_at(curve, t)) - oracle, 2)} for name, t in rules.items()},
+                     "criteria": {name: [round(float(v), 5) for v in values] for name, values in totals.items()},
+                     "seconds": round(seconds, 1)})
+    names = list(rows[0]["rules"])
+    table = ["| stage | oracle t | oracle mIoU | " + " | ".join(f"{n} t | {n} mIoU (gap)" for n in names) + " |",
+             "|---" * (3 + 2 * len(names)) + "|"]
+    for row in rows:
+        cells = [f"{row['rules'][n]['threshold']:.3f} | {row['rules'][n]['miou']:.1f} ({row['rules'][n]['gap']:+.1f})"
+                 for n in names]
+        table.append(f"| {NAMES[row['stage']]} | {row['oracle_threshold']:.2f} | {row['oracle_miou']:.1f} | "
+                     + " | ".join(cells) + " |")
+    result = {"benchmark": "label-free background thresholds vs the oracle", "run": str(args.run),
+              "dataset": str(args.dataset), "split": args.split, "images_for_rules": len(ids),
+              "grid": list(GRID), "scale": args.scale, "crf_bilateral_sxy": args.crf_bilateral_sxy,
+              "rows": rows, "platform": platform.platform(), "torch_threads": torch.get_num_threads()}
+    write_result(args.out, result, "\n".join(table))
+    print("\n".join(table))
+
+
+if __name__ == "__main__":
+    main()

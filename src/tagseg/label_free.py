@@ -1,0 +1,196 @@
+"""Background thresholds chosen without ground truth, for score maps without a background channel.
+
+A pixel is background unless its best tagged-class score is above a global threshold t.
+The oracle picks t on the training masks; these rules pick it from the data alone:
+
+- ``otsu``: Otsu's split of the histogram of every pixel's best score over the split.
+- ``masking``: ask the classifier. For each t and tagged class, erase the class's mask
+  (pixels set to the backbone's mean colour) and, separately, erase everything but the mask.
+  A good mask takes the class's score with it when erased and keeps it when kept; an
+  over-large mask does both trivially (t -> 0 erases the whole image), so each term is
+  measured against a random mask of the same area, whose erasure would remove that fraction
+  of the score: per class, ``kept - erased - (2 * area - 1) * (full - blank)`` in
+  logits, zero for the empty and the full mask. The threshold with the largest sum
+  over the split's (image, tagged class) pairs wins.
+- ``crf``: the threshold whose labels a dense CRF changes least (mean IoU of each image's
+  labels and their CRF-refined labels, over the labels present in either), i.e. whose
+  boundaries already follow the image's colour edges.
+
+Everything here takes arrays (and, for ``masking``, a callable classifier) and returns arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from tagseg.artifacts import load_score_map
+from tagseg.data.imageio import read_image
+from tagseg.data.transforms import normalize
+from tagseg.metrics import otsu_threshold
+from tagseg.progress import parallel_map, track
+from tagseg.refine.crf import CrfParams, crf_labels
+
+METHODS = ("masking", "otsu")
+Method = Literal["masking", "otsu"]
+SCORE_BINS = np.linspace(0.0, 1.0, 201)
+GRID = tuple(round(t, 2) for t in np.arange(0.05, 0.951, 0.05))  # thresholds the image-based rules try
+SAMPLE = 64  # images the classifier is asked about (evenly spaced over the split): the choice is global
+log = logging.getLogger(__name__)
+
+
+def best_score_histogram(scores: np.ndarray) -> np.ndarray:
+    """Histogram of each pixel's best class score (0 where no class is tagged) over [0, 1]."""
+    best = scores.max(axis=0) if len(scores) else np.zeros(scores.shape[1:], np.float32)
+    return np.histogram(np.clip(best, 0.0, 1.0), bins=SCORE_BINS)[0]
+
+
+def otsu(histogram: np.ndarray) -> float:
+    """Otsu's split of a best-score histogram (CAM scores are roughly bimodal: background near 0)."""
+    return round(otsu_threshold(histogram, SCORE_BINS), 3)
+
+
+def threshold_labels(scores: np.ndarray, thresholds) -> np.ndarray:
+    """(T, H, W) uint8 labels indexing [background, *classes] of (K, H, W) scores at each threshold."""
+    thresholds = np.asarray(thresholds, np.float32)
+    if len(scores) == 0:
+        return np.zeros((len(thresholds), *scores.shape[1:]), np.uint8)
+    best = scores.max(axis=0)
+    winner = (scores.argmax(axis=0) + 1).astype(np.uint8)
+    return np.where(best[None] > thresholds[:, None, None], winner[None], np.uint8(0))
+
+
+def choose(thresholds, totals: np.ndarray) -> float:
+    """The threshold with the largest criterion total (the lowest one on ties)."""
+    return float(np.asarray(thresholds)[int(np.argmax(totals))])
+
+
+# --- masking ---------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def masking_logits(classify: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, labels: np.ndarray,
+                   classes, batch_size: int = 32) -> dict[str, np.ndarray]:
+    """The classifier's logits of the tagged ``classes`` (0-based outputs) on erased copies of ``image``.
+
+    ``image`` is one normalised (3, H, W) input (erased pixels become 0, the backbone's mean);
+    ``labels`` (T, H, W) are :func:`threshold_labels` at H x W. Returns ``full`` and ``blank`` (K,)
+    (nothing / everything erased), ``erased`` and ``kept`` (T, K) (the class's mask erased / all
+    but it erased) and ``area`` (T, K), the mask's fraction of the image.
+    """
+    classes = np.asarray(classes, np.int64)
+    count, k = len(labels), len(classes)
+    masks = torch.from_numpy(labels[:, None] == np.arange(1, k + 1)[None, :, None, None])  # (T, K, H, W)
+    masks = masks.reshape(count * k, 1, *labels.shape[1:]).to(image.device)
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        return classify(batch).float()[:, classes].cpu()
+
+    full, blank = run(torch.stack([image, torch.zeros_like(image)])).numpy()
+    erased, kept = [], []
+    for chunk in masks.split(max(1, batch_size // 2)):
+        out = run(torch.cat([image[None] * ~chunk, image[None] * chunk]))
+        erased.append(out[: len(chunk)])
+        kept.append(out[len(chunk):])
+    own = (torch.arange(count * k), torch.arange(k).repeat(count))  # each mask's own class
+    return {"full": full, "blank": blank,
+            "erased": torch.cat(erased)[own].numpy().reshape(count, k),
+            "kept": torch.cat(kept)[own].numpy().reshape(count, k),
+            "area": masks.flatten(1).float().mean(1).cpu().numpy().reshape(count, k)}
+
+
+def masking_criterion(full, blank, erased, kept, area, space: str = "logit") -> np.ndarray:
+    """(T,) sum over classes of ``kept - erased - (2 * area - 1) * (full - blank)``.
+
+    Inputs are logits as :func:`masking_logits` returns them ((K,) and (T, K); ``area`` a fraction),
+    compared as logits or as probabilities (``space``). For a classifier whose logit is linear in
+    the visible pixels (global average pooling of a CAM, up to its receptive field) the logit form
+    is, per class, (evidence in the mask) - area * (evidence in the image): it keeps exactly the
+    pixels with more than the image's average evidence.
+    """
+    values = [np.asarray(x, np.float64) for x in (full, blank, erased, kept)]
+    if space == "probability":
+        values = [1.0 / (1.0 + np.exp(-v)) for v in values]
+    elif space != "logit":
+        raise ValueError(f"space must be 'logit' or 'probability', got {space!r}")
+    full, blank, erased, kept = values
+    return (kept - erased - (2 * np.asarray(area) - 1) * (full - blank)[None]).sum(axis=1)
+
+
+# --- CRF agreement ---------------------------------------------------------------------------------------
+
+def label_agreement(a: np.ndarray, b: np.ndarray, num_labels: int) -> float:
+    """Mean IoU of two label maps over the labels present in either."""
+    ious = []
+    for label in range(num_labels):
+        x, y = a == label, b == label
+        union = np.count_nonzero(x | y)
+        if union:
+            ious.append(np.count_nonzero(x & y) / union)
+    return float(np.mean(ious))
+
+
+def crf_agreement(image: np.ndarray, labels: np.ndarray, num_labels: int, gt_prob: float = 0.7,
+                  params: CrfParams = CrfParams()) -> np.ndarray:
+    """(T,) agreement of each threshold's labels (T, H, W) with their CRF refinement on ``image``."""
+    return np.array([label_agreement(l, crf_labels(image, l, num_labels, gt_prob, params), num_labels)
+                     for l in labels])
+
+
+# --- a score stage's label-free threshold ----------------------------------------------------------------
+
+def sample_ids(ids: list[str], count: int = SAMPLE) -> list[str]:
+    """``count`` ids evenly spaced over ``ids`` (all of them when there are fewer)."""
+    if count >= len(ids):
+        return list(ids)
+    return [ids[i] for i in np.linspace(0, len(ids) - 1, count).round().astype(int)]
+
+
+def otsu_of(folder: Path, ids: list[str], workers: int = 1) -> float:
+    """Otsu's threshold of a folder of score maps."""
+    histogram = np.zeros(len(SCORE_BINS) - 1, np.int64)
+
+    def load(item_id: str) -> np.ndarray:
+        return best_score_histogram(load_score_map(Path(folder) / f"{item_id}.npz")[0])
+
+    for counts in parallel_map(load, ids, len(ids), "score histogram", workers):
+        histogram += counts
+    return otsu(histogram)
+
+
+def masking_of(folder: Path, dataset, net, device: str = "cpu", count: int = SAMPLE) -> tuple[float, np.ndarray]:
+    """The masking threshold of a folder of score maps and its criterion per :data:`GRID` threshold
+    (mean over the sampled images), asking ``net`` (a CAM classifier, ``class_scores``) about each."""
+    ids = sample_ids(dataset.ids, count)
+    total = np.zeros(len(GRID))
+    for item_id in track(ids, len(ids), f"label-free masking ({len(ids)} images)"):
+        scores, classes = load_score_map(Path(folder) / f"{item_id}.npz")
+        if not len(classes):
+            continue
+        image = read_image(dataset.record(item_id).image_path)[0]
+        x = torch.from_numpy(normalize(image, net.backbone.mean, net.backbone.std)).to(device)
+        logits = masking_logits(net.class_scores, x, threshold_labels(scores, GRID), classes - 1)
+        total += masking_criterion(**logits)
+    total /= max(len(ids), 1)
+    return choose(GRID, total), total
+
+
+def stage_threshold(folder: Path, dataset, method: str, net=None, device: str = "cpu", workers: int = 1) -> dict:
+    """What a score stage records as its label-free choice: ``method``, ``threshold`` and, for
+    ``masking``, the criterion over :data:`GRID`. Without a classifier ``masking`` falls back to
+    Otsu, saying so."""
+    if method == "masking" and net is None:
+        log.warning("%s: no trained classifier in the run for the masking threshold; using Otsu's", folder)
+        return {"method": "otsu", "threshold": otsu_of(folder, dataset.ids, workers),
+                "note": "masking needs train_cam/model.pt"}
+    if method == "masking":
+        threshold, criterion = masking_of(folder, dataset, net, device)
+        return {"method": method, "threshold": threshold, "images": len(sample_ids(dataset.ids)),
+                "criterion": {str(t): round(float(v), 5) for t, v in zip(GRID, criterion)}}
+    if method == "otsu":
+        return {"method": method, "threshold": otsu_of(folder, dataset.ids, workers)}
+    raise ValueError(f"unknown label-free method {method!r}; choose from {METHODS}")

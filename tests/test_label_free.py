@@ -1,0 +1,89 @@
+"""Label-free background thresholds: hand-computed pieces and a synthetic case with a known best threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tagseg.label_free import GRID, choose, masking_criterion, masking_logits, otsu, best_score_histogram, \
+    threshold_labels
+
+
+def test_threshold_labels_index_background_then_classes():
+    scores = np.array([[[0.9, 0.2, 0.5]], [[0.1, 0.3, 0.6]]], np.float32)  # two classes, 1 x 3 pixels
+    labels = threshold_labels(scores, [0.0, 0.25, 0.55])
+    np.testing.assert_array_equal(labels[:, 0], [[1, 2, 2], [1, 2, 2], [1, 0, 2]])
+    assert threshold_labels(np.zeros((0, 2, 2), np.float32), [0.1, 0.2]).shape == (2, 2, 2)
+
+
+def test_masking_criterion_by_hand():
+    full, blank = np.array([2.0]), np.array([-2.0])
+    erased, kept, area = np.array([[-2.0], [0.0]]), np.array([[2.0], [0.0]]), np.array([[0.25], [0.5]])
+    # t0: 2 - (-2) - (0.5 - 1) * 4 = 6; t1: 0 - 0 - 0 * 4 = 0
+    np.testing.assert_allclose(masking_criterion(full, blank, erased, kept, area), [6.0, 0.0])
+    # as probabilities, with ln 3 -> 0.75 and -ln 3 -> 0.25: 0.75 - 0.25 - (0.5 - 1) * 0.5 = 0.75
+    l3 = np.log(3.0)
+    np.testing.assert_allclose(masking_criterion(np.array([l3]), np.array([-l3]), np.array([[-l3]]),
+                                                 np.array([[l3]]), np.array([[0.25]]), space="probability"), [0.75])
+    # the empty and the whole-image mask score zero whatever the classifier says
+    ends = masking_criterion(full, blank, np.array([[2.0], [-2.0]]), np.array([[-2.0], [2.0]]), np.array([[0.0], [1.0]]))
+    np.testing.assert_allclose(ends, [0.0, 0.0], atol=1e-12)
+    with pytest.raises(ValueError, match="space"):
+        masking_criterion(full, blank, erased, kept, area, space="odds")
+
+
+def test_choose_takes_the_largest_total_and_the_lowest_threshold_on_ties():
+    assert choose([0.1, 0.2, 0.3], np.array([1.0, 3.0, 3.0])) == 0.2
+
+
+def square_case(size: int = 32):
+    """An image whose object (a bright square) is exactly the pixels scoring above 0.5, inside a halo
+    of scores 0.3-0.5 and a background below 0.2; the classifier's logit grows with how much of the
+    square is visible, so the best threshold is known: 0.5."""
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0.0, 0.2, (1, size, size)).astype(np.float32)
+    scores[0, 6:26, 6:26] = rng.uniform(0.3, 0.5, (20, 20))
+    scores[0, 10:22, 10:22] = rng.uniform(0.52, 1.0, (12, 12))
+    image = torch.full((3, size, size), -1.0)
+    image[:, 10:22, 10:22] = 1.0
+    area = 144 / size ** 2
+
+    def classify(batch: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, 2) logits, class 1 is ours
+        visible = (batch[:, 0] > 0.5).float().mean(dim=(1, 2)) / area
+        return torch.stack([torch.zeros_like(visible), 10 * visible - 5], dim=1)
+
+    return scores, image, classify
+
+
+def test_masking_picks_the_known_best_threshold_where_otsu_does_not():
+    scores, image, classify = square_case()
+    labels = threshold_labels(scores, GRID)
+    logits = masking_logits(classify, image, labels, [1], batch_size=8)
+    assert logits["erased"].shape == logits["kept"].shape == logits["area"].shape == (len(GRID), 1)
+    np.testing.assert_allclose(logits["full"], [5.0])
+    np.testing.assert_allclose(logits["blank"], [-5.0])
+    at = GRID.index(0.5)
+    assert logits["area"][at, 0] == pytest.approx(144 / 32 ** 2)
+    assert logits["erased"][at, 0] == pytest.approx(-5.0) and logits["kept"][at, 0] == pytest.approx(5.0)
+    assert choose(GRID, masking_criterion(**logits)) == 0.5
+    assert abs(otsu(best_score_histogram(scores)) - 0.5) > 0.05
+
+
+def test_masking_logits_ask_about_each_class_with_its_own_mask():
+    scores = np.zeros((2, 4, 4), np.float32)
+    scores[0, :, :2] = 0.9  # class A on the left, class B on the right
+    scores[1, :, 2:] = 0.8
+    image = torch.ones(3, 4, 4)
+
+    def classify(batch):  # class 3: left half visible, class 5: right half visible, 6 outputs
+        left, right = batch[:, 0, :, :2].mean(dim=(1, 2)), batch[:, 0, :, 2:].mean(dim=(1, 2))
+        out = torch.zeros(len(batch), 6)
+        out[:, 3], out[:, 5] = left, right
+        return out
+
+    logits = masking_logits(classify, image, threshold_labels(scores, [0.5]), [3, 5], batch_size=3)
+    np.testing.assert_allclose(logits["full"], [1, 1])
+    np.testing.assert_allclose(logits["erased"], [[0, 0]])  # each class's own half erased
+    np.testing.assert_allclose(logits["kept"], [[1, 1]])
+    np.testing.assert_allclose(logits["area"], [[0.5, 0.5]])
