@@ -87,3 +87,58 @@ def test_masking_logits_ask_about_each_class_with_its_own_mask():
     np.testing.assert_allclose(logits["erased"], [[0, 0]])  # each class's own half erased
     np.testing.assert_allclose(logits["kept"], [[1, 1]])
     np.testing.assert_allclose(logits["area"], [[0.5, 0.5]])
+
+
+def test_classes_the_classifier_does_not_see_count_zero():
+    # full <= blank: the image holds no more evidence of the class than a blank one
+    criterion = masking_criterion(np.array([2.0, -1.0]), np.array([-2.0, 0.5]), np.array([[-2.0, 3.0]]),
+                                  np.array([[2.0, -3.0]]), np.array([[0.25, 0.5]]))
+    np.testing.assert_allclose(criterion, [6.0])
+
+
+def stage_case(make_voc, tmp_path):
+    """A dataset whose objects are all the rectangle [4:16, 6:20] of 24 x 32 images, score maps that put
+    it above 0.5 inside a halo of 0.3-0.45, and a classifier that sees the class in proportion to how
+    much of the rectangle is left: the masking threshold must be 0.45 (the halo's top)."""
+    from types import SimpleNamespace
+
+    from tagseg.artifacts import save_score_map
+    from tagseg.data.dataset import open_dataset
+
+    dataset = open_dataset(make_voc(), "train")
+    folder = tmp_path / "scores"
+    rng = np.random.default_rng(1)
+    for record in dataset.records:
+        scores = rng.uniform(0.0, 0.1, (1, 24, 32)).astype(np.float32)
+        scores[0, 2:18, 4:22] = rng.uniform(0.3, 0.45, (16, 18))
+        scores[0, 4:16, 6:20] = rng.uniform(0.5, 1.0, (12, 14))
+        save_score_map(folder / f"{record.id}.npz", scores, record.labels)
+    inside = torch.zeros(24, 32, dtype=torch.bool)
+    inside[4:16, 6:20] = True
+
+    def class_scores(batch):
+        left = (batch[:, 0] != 0)[:, inside].float().mean(dim=1)
+        return (10 * left - 5)[:, None].repeat(1, 2)
+
+    net = SimpleNamespace(backbone=SimpleNamespace(mean=(0.25, 0.25, 0.25), std=(1.0, 1.0, 1.0)),
+                          class_scores=class_scores)
+    return dataset, folder, net
+
+
+def test_stage_threshold_by_masking_and_its_fallbacks(make_voc, tmp_path):
+    from types import SimpleNamespace
+
+    from tagseg.label_free import stage_threshold
+
+    dataset, folder, net = stage_case(make_voc, tmp_path)
+    chosen = stage_threshold(folder, dataset, "masking", net)
+    assert chosen["method"] == "masking" and chosen["threshold"] == 0.45
+    assert chosen["classes_seen"] == chosen["classes_asked"] == len(dataset)
+    otsu_only = stage_threshold(folder, dataset, "otsu")
+    assert otsu_only["method"] == "otsu" and otsu_only["threshold"] != 0.45
+    no_net = stage_threshold(folder, dataset, "masking", None)
+    assert no_net["method"] == "otsu" and "train_cam/model.pt" in no_net["note"]
+    blind = SimpleNamespace(backbone=net.backbone, class_scores=lambda batch: torch.zeros(len(batch), 2))
+    fallback = stage_threshold(folder, dataset, "masking", blind)
+    assert fallback["method"] == "otsu" and fallback["threshold"] == otsu_only["threshold"]
+    assert fallback["masking"]["classes_seen"] == 0

@@ -225,9 +225,10 @@ def _print_cam_scores(stage: str, manifest: dict) -> None:
         free = manifest["label_free"]
         out.print(f"{stage}: mIoU {_fmt(manifest['metrics']['miou'])} at the oracle background threshold "
                   f"{manifest['threshold']:.2f}; {_fmt(free['metrics']['miou'])} at the label-free threshold "
-                  f"{free['threshold']:.3f}")
+                  f"{free['threshold']:.3f} ({free.get('method', 'otsu')})")
     elif manifest.get("label_free"):
-        out.print(f"{stage}: label-free background threshold {manifest['label_free']['threshold']:.3f}")
+        free = manifest["label_free"]
+        out.print(f"{stage}: label-free background threshold {free['threshold']:.3f} ({free.get('method', 'otsu')})")
 
 
 def _print_alarm(manifest: dict, dataset_path: Path | str | None = None) -> None:

@@ -110,15 +110,17 @@ def masking_criterion(full, blank, erased, kept, area, space: str = "logit") -> 
     compared as logits or as probabilities (``space``). For a classifier whose logit is linear in
     the visible pixels (global average pooling of a CAM, up to its receptive field) the logit form
     is, per class, (evidence in the mask) - area * (evidence in the image): it keeps exactly the
-    pixels with more than the image's average evidence.
+    pixels with more than the image's average evidence. Classes the classifier does not see in the
+    image (``full <= blank``: no more evidence than a blank image) say nothing about masks and count 0.
     """
     values = [np.asarray(x, np.float64) for x in (full, blank, erased, kept)]
     if space == "probability":
         values = [1.0 / (1.0 + np.exp(-v)) for v in values]
     elif space != "logit":
         raise ValueError(f"space must be 'logit' or 'probability', got {space!r}")
+    informative = values[0] > values[1]
     full, blank, erased, kept = values
-    return (kept - erased - (2 * np.asarray(area) - 1) * (full - blank)[None]).sum(axis=1)
+    return ((kept - erased - (2 * np.asarray(area) - 1) * (full - blank)[None]) * informative[None]).sum(axis=1)
 
 
 # --- CRF agreement ---------------------------------------------------------------------------------------
@@ -162,11 +164,13 @@ def otsu_of(folder: Path, ids: list[str], workers: int = 1) -> float:
     return otsu(histogram)
 
 
-def masking_of(folder: Path, dataset, net, device: str = "cpu", count: int = SAMPLE) -> tuple[float, np.ndarray]:
-    """The masking threshold of a folder of score maps and its criterion per :data:`GRID` threshold
-    (mean over the sampled images), asking ``net`` (a CAM classifier, ``class_scores``) about each."""
+def masking_of(folder: Path, dataset, net, device: str = "cpu", count: int = SAMPLE) -> tuple[np.ndarray, int, int]:
+    """The masking criterion of a folder of score maps per :data:`GRID` threshold (mean over the
+    sampled images), asking ``net`` (a CAM classifier, ``class_scores``) about each, and how many of
+    the (image, tagged class) pairs it asked about the classifier sees (full image above blank)."""
     ids = sample_ids(dataset.ids, count)
     total = np.zeros(len(GRID))
+    seen = pairs = 0
     for item_id in track(ids, len(ids), f"label-free masking ({len(ids)} images)"):
         scores, classes = load_score_map(Path(folder) / f"{item_id}.npz")
         if not len(classes):
@@ -175,22 +179,30 @@ def masking_of(folder: Path, dataset, net, device: str = "cpu", count: int = SAM
         x = torch.from_numpy(normalize(image, net.backbone.mean, net.backbone.std)).to(device)
         logits = masking_logits(net.class_scores, x, threshold_labels(scores, GRID), classes - 1)
         total += masking_criterion(**logits)
-    total /= max(len(ids), 1)
-    return choose(GRID, total), total
+        seen += int(np.count_nonzero(logits["full"] > logits["blank"]))
+        pairs += len(classes)
+    return total / max(len(ids), 1), seen, pairs
 
 
 def stage_threshold(folder: Path, dataset, method: str, net=None, device: str = "cpu", workers: int = 1) -> dict:
     """What a score stage records as its label-free choice: ``method``, ``threshold`` and, for
     ``masking``, the criterion over :data:`GRID`. Without a classifier ``masking`` falls back to
-    Otsu, saying so."""
+    Otsu, saying so, and so it does when no mask beats a random one of its area (a classifier that
+    does not see the tagged classes cannot judge masks)."""
     if method == "masking" and net is None:
         log.warning("%s: no trained classifier in the run for the masking threshold; using Otsu's", folder)
         return {"method": "otsu", "threshold": otsu_of(folder, dataset.ids, workers),
                 "note": "masking needs train_cam/model.pt"}
     if method == "masking":
-        threshold, criterion = masking_of(folder, dataset, net, device)
-        return {"method": method, "threshold": threshold, "images": len(sample_ids(dataset.ids)),
-                "criterion": {str(t): round(float(v), 5) for t, v in zip(GRID, criterion)}}
+        criterion, seen, pairs = masking_of(folder, dataset, net, device)
+        found = {"images": len(sample_ids(dataset.ids)), "classes_seen": seen, "classes_asked": pairs,
+                 "criterion": {str(t): round(float(v), 5) for t, v in zip(GRID, criterion)}}
+        if criterion.max() <= 0:
+            log.warning("%s: no masking threshold beats a random mask (the classifier sees %d of %d tagged "
+                        "classes); using Otsu's", folder, seen, pairs)
+            return {"method": "otsu", "threshold": otsu_of(folder, dataset.ids, workers),
+                    "note": "no mask beat a random one for the classifier", "masking": found}
+        return {"method": method, "threshold": choose(GRID, criterion), **found}
     if method == "otsu":
         return {"method": method, "threshold": otsu_of(folder, dataset.ids, workers)}
     raise ValueError(f"unknown label-free method {method!r}; choose from {METHODS}")

@@ -201,7 +201,8 @@ def write_report(run: Path, upper_bound: Path | None = None, gallery_size: int =
         m, free = row["metrics"], row["label_free"]
         free_metrics = free.get("metrics") or {}
         oracle = f"{_pct(m.get('miou'))}" + (f" ({row['threshold']:.2f})" if row["threshold"] is not None else "")
-        label_free = (f"{_pct(free_metrics.get('miou'))} ({free['threshold']:.2f})" if free_metrics else "-")
+        label_free = (f"{_pct(free_metrics.get('miou'))} ({free['threshold']:.2f}, {free.get('method', 'otsu')})"
+                      if free_metrics else "-")
         other = f"classifier mAP {_pct(row['classification']['map'])}" if row["classification"] else ""
         if row["manifest"].get("seed_quality"):
             quality = row["manifest"]["seed_quality"]
