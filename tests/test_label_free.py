@@ -142,3 +142,28 @@ def test_stage_threshold_by_masking_and_its_fallbacks(make_voc, tmp_path):
     fallback = stage_threshold(folder, dataset, "masking", blind)
     assert fallback["method"] == "otsu" and fallback["threshold"] == otsu_only["threshold"]
     assert fallback["masking"]["classes_seen"] == 0
+
+
+def test_expected_miou_by_hand():
+    from tagseg.label_free import FINE_GRID, class_histograms, expected_miou
+
+    # four pixels of class 2 scoring 0.9, 0.6, 0.2, 0.1 (bin centres, so the histogram is exact)
+    scores = np.array([[[0.9025, 0.2025], [0.6025, 0.1025]]], np.float32)
+    counts, sums = class_histograms(scores, [2], 3)
+    np.testing.assert_array_equal(counts.sum(axis=1), [0, 0, 4])
+    assert sums.sum() == pytest.approx(1.81)
+    values = expected_miou(counts, sums, [0.3, 0.7])
+    # t 0.3: class 2 has 1.505 / (2 + 0.305), background 1.695 / (2 + 0.495)
+    # t 0.7: class 2 has 0.9025 / (1 + 0.9075), background 2.0925 / (3 + 0.0975)
+    np.testing.assert_allclose(values, [(1.505 / 2.305 + 1.695 / 2.495) / 2,
+                                        (0.9025 / 1.9075 + 2.0925 / 3.0975) / 2], rtol=1e-5)
+    # every threshold between 0.2 and 0.6 splits the same way; the lowest of them is chosen
+    assert choose(FINE_GRID, expected_miou(counts, sums)) == 0.21
+
+
+def test_expected_iou_finds_the_split_of_a_synthetic_case(make_voc, tmp_path):
+    from tagseg.label_free import stage_threshold
+
+    dataset, folder, _ = stage_case(make_voc, tmp_path)
+    chosen = stage_threshold(folder, dataset, "expected_iou")
+    assert chosen["method"] == "expected_iou" and 0.3 <= chosen["threshold"] <= 0.5

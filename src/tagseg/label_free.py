@@ -36,8 +36,9 @@ from tagseg.metrics import otsu_threshold
 from tagseg.progress import parallel_map, track
 from tagseg.refine.crf import CrfParams, crf_labels
 
-METHODS = ("masking", "otsu")
-Method = Literal["masking", "otsu"]
+METHODS = ("expected_iou", "masking", "otsu")
+Method = Literal["expected_iou", "masking", "otsu"]
+FINE_GRID = tuple(round(t, 2) for t in np.arange(0.01, 0.995, 0.01))  # thresholds the histogram rules try
 SCORE_BINS = np.linspace(0.0, 1.0, 201)
 GRID = tuple(round(t, 2) for t in np.arange(0.05, 0.951, 0.05))  # thresholds the image-based rules try
 SAMPLE = 64  # images the classifier is asked about (evenly spaced over the split): the choice is global
@@ -68,6 +69,45 @@ def threshold_labels(scores: np.ndarray, thresholds) -> np.ndarray:
 def choose(thresholds, totals: np.ndarray) -> float:
     """The threshold with the largest criterion total (the lowest one on ties)."""
     return float(np.asarray(thresholds)[int(np.argmax(totals))])
+
+
+# --- expected IoU --------------------------------------------------------------------------------------------
+
+def class_histograms(scores: np.ndarray, classes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, the histogram over :data:`SCORE_BINS` of the best scores of the pixels it wins
+    (counts) and the sum of those scores per bin (sums), both (num_classes, bins)."""
+    bins = len(SCORE_BINS) - 1
+    if not len(scores):
+        return np.zeros((num_classes, bins), np.int64), np.zeros((num_classes, bins))
+    best = np.clip(scores.max(axis=0), 0.0, 1.0).ravel()
+    winner = np.asarray(classes)[scores.argmax(axis=0)].ravel()
+    index = winner * bins + np.minimum((best * bins).astype(np.int64), bins - 1)
+    counts = np.bincount(index, minlength=num_classes * bins).reshape(num_classes, bins)
+    sums = np.bincount(index, weights=best, minlength=num_classes * bins).reshape(num_classes, bins)
+    return counts, sums
+
+
+def expected_miou(counts: np.ndarray, sums: np.ndarray, thresholds=FINE_GRID) -> np.ndarray:
+    """(T,) mIoU expected at each threshold if every pixel's best score were the probability that it
+    belongs to the class that wins it (and else to background), from :func:`class_histograms` totals.
+
+    Class c: expected intersection = sum of the scores above t, expected union = pixels above t plus
+    the scores below it; background likewise with 1 - score. Averaged over background and the
+    classes that win any pixel, as mIoU averages over classes.
+    """
+    centres = (SCORE_BINS[:-1] + SCORE_BINS[1:]) / 2
+    above = (centres[None] > np.asarray(thresholds, np.float64)[:, None]).astype(np.float64)  # (T, bins)
+    below = 1.0 - above
+    counts = np.asarray(counts, np.float64)
+    present = counts.sum(axis=1) > 0
+    counts, sums = counts[present], np.asarray(sums, np.float64)[present]
+    inter = above @ sums.T
+    union = above @ counts.T + below @ sums.T
+    pixels, mass = counts.sum(axis=0), sums.sum(axis=0)
+    bg_inter = below @ (pixels - mass)
+    bg_union = below @ pixels + above @ (pixels - mass)
+    ious = np.concatenate([inter / np.maximum(union, 1e-12), (bg_inter / np.maximum(bg_union, 1e-12))[:, None]], 1)
+    return ious.mean(axis=1)
 
 
 # --- masking ---------------------------------------------------------------------------------------------
@@ -164,6 +204,21 @@ def otsu_of(folder: Path, ids: list[str], workers: int = 1) -> float:
     return otsu(histogram)
 
 
+def expected_iou_of(folder: Path, ids: list[str], num_classes: int, workers: int = 1) -> tuple[float, np.ndarray]:
+    """The expected-IoU threshold of a folder of score maps and the criterion per :data:`FINE_GRID` threshold."""
+    counts = np.zeros((num_classes, len(SCORE_BINS) - 1), np.int64)
+    sums = np.zeros(counts.shape)
+
+    def load(item_id: str):
+        return class_histograms(*load_score_map(Path(folder) / f"{item_id}.npz"), num_classes)
+
+    for image_counts, image_sums in parallel_map(load, ids, len(ids), "score histograms", workers):
+        counts += image_counts
+        sums += image_sums
+    criterion = expected_miou(counts, sums)
+    return choose(FINE_GRID, criterion), criterion
+
+
 def masking_of(folder: Path, dataset, net, device: str = "cpu", count: int = SAMPLE) -> tuple[np.ndarray, int, int]:
     """The masking criterion of a folder of score maps per :data:`GRID` threshold (mean over the
     sampled images), asking ``net`` (a CAM classifier, ``class_scores``) about each, and how many of
@@ -205,4 +260,7 @@ def stage_threshold(folder: Path, dataset, method: str, net=None, device: str = 
         return {"method": method, "threshold": choose(GRID, criterion), **found}
     if method == "otsu":
         return {"method": method, "threshold": otsu_of(folder, dataset.ids, workers)}
+    if method == "expected_iou":
+        threshold, criterion = expected_iou_of(folder, dataset.ids, dataset.num_classes, workers)
+        return {"method": method, "threshold": threshold}
     raise ValueError(f"unknown label-free method {method!r}; choose from {METHODS}")
