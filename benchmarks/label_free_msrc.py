@@ -30,20 +30,15 @@ from tagseg.artifacts import load_score_map
 from tagseg.data.dataset import open_dataset
 from tagseg.data.imageio import read_image
 from tagseg.data.transforms import normalize, resize
-from tagseg.label_free import GRID, choose, crf_agreement, masking_criterion, masking_logits, threshold_labels
+from tagseg.label_free import (
+    GRID, choose, crf_agreement, expected_iou_of, masking_criterion, masking_logits, sample_ids, threshold_labels,
+)
 from tagseg.refine.crf import CrfParams
 from tagseg.rundir import finished_stage
 from tagseg.stages.train_cam import MODEL_FILE, load_cam_net
 
 STAGES = ("make_cam", "perimeterfit", "random_walk")
 NAMES = {"make_cam": "CAM", "perimeterfit": "PerimeterFit", "random_walk": "walk"}
-
-
-def subset(ids: list[str], count: int | None) -> list[str]:
-    """``count`` ids evenly spaced over the split (all when count is None or larger)."""
-    if count is None or count >= len(ids):
-        return list(ids)
-    return [ids[i] for i in np.linspace(0, len(ids) - 1, count).round().astype(int)]
 
 
 def image_criteria(record, scores: np.ndarray, net, scale: float, crf_params: CrfParams) -> dict:
@@ -106,7 +101,7 @@ def main() -> None:
     dataset = open_dataset(args.dataset, args.split)
     net, _ = load_cam_net(args.run / "train_cam" / MODEL_FILE)
     crf_params = CrfParams(bilateral_sxy=args.crf_bilateral_sxy)
-    ids = subset(dataset.ids, args.max_images)
+    ids = sample_ids(dataset.ids, args.max_images)
     rows = []
     for stage in args.stages:
         manifest = finished_stage(args.run, stage, "the label-free benchmark")
@@ -114,8 +109,11 @@ def main() -> None:
         started = time.perf_counter()
         totals = stage_criteria(args.run, stage, dataset, ids, net, args.scale, crf_params)
         seconds = time.perf_counter() - started
-        rules = {"otsu": manifest["label_free"]["threshold"],
-                 **{name: choose(GRID, values) for name, values in totals.items()}}
+        otsu = manifest["label_free"]["threshold"]
+        expected, _ = expected_iou_of(args.run / stage, dataset.ids, dataset.num_classes)
+        rules = {"otsu": otsu, "expected_iou": expected,
+                 **{name: choose(GRID, values) if values.max() > 0 or not name.startswith("masking") else otsu
+                    for name, values in totals.items()}}
         oracle = pct(manifest["metrics"]["miou"])
         rows.append({"stage": stage, "oracle_threshold": manifest["threshold"], "oracle_miou": oracle,
                      "rules": {name: {"threshold": t, "miou": pct(miou_at(curve, t)),
