@@ -92,6 +92,8 @@ def main() -> None:
     parser.add_argument("--split", default="train")
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     parser.add_argument("--max-images", type=int, default=64, help="images the image-based rules look at")
+    parser.add_argument("--image-stages", nargs="*", default=list(STAGES), choices=STAGES,
+                        help="stages that the image-based rules (masking, crf) also run on")
     parser.add_argument("--scale", type=float, default=1.0, help="image scale the classifier sees when masking")
     parser.add_argument("--crf-bilateral-sxy", type=float, default=32.0, help="the recipe's CRF width")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "label_free_msrc.json")
@@ -107,7 +109,8 @@ def main() -> None:
         manifest = finished_stage(args.run, stage, "the label-free benchmark")
         curve = manifest["curve"]
         started = time.perf_counter()
-        totals = stage_criteria(args.run, stage, dataset, ids, net, args.scale, crf_params)
+        totals = (stage_criteria(args.run, stage, dataset, ids, net, args.scale, crf_params)
+                  if stage in args.image_stages else {})
         seconds = time.perf_counter() - started
         otsu = manifest["label_free"]["threshold"]
         expected, _ = expected_iou_of(args.run / stage, dataset.ids, dataset.num_classes)
@@ -120,17 +123,17 @@ def main() -> None:
                                       "gap": round(pct(miou_at(curve, t)) - oracle, 2)} for name, t in rules.items()},
                      "criteria": {name: [round(float(v), 5) for v in values] for name, values in totals.items()},
                      "seconds": round(seconds, 1)})
-    names = list(rows[0]["rules"])
+    names = list(dict.fromkeys(name for row in rows for name in row["rules"]))
     table = ["| stage | oracle t | oracle mIoU | " + " | ".join(f"{n} t | {n} mIoU (gap)" for n in names) + " |",
              "|---" * (3 + 2 * len(names)) + "|"]
     for row in rows:
         cells = [f"{row['rules'][n]['threshold']:.3f} | {row['rules'][n]['miou']:.1f} ({row['rules'][n]['gap']:+.1f})"
-                 for n in names]
+                 if n in row["rules"] else "- | -" for n in names]
         table.append(f"| {NAMES[row['stage']]} | {row['oracle_threshold']:.2f} | {row['oracle_miou']:.1f} | "
                      + " | ".join(cells) + " |")
     result = {"benchmark": "label-free background thresholds vs the oracle", "run": str(args.run),
               "dataset": str(args.dataset), "split": args.split, "images_for_rules": len(ids),
-              "grid": list(GRID), "scale": args.scale, "crf_bilateral_sxy": args.crf_bilateral_sxy,
+              "image_stages": args.image_stages, "grid": list(GRID), "scale": args.scale, "crf_bilateral_sxy": args.crf_bilateral_sxy,
               "rows": rows, "platform": platform.platform(), "torch_threads": torch.get_num_threads()}
     write_result(args.out, result, "\n".join(table))
     print("\n".join(table))
