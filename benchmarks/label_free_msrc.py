@@ -75,8 +75,8 @@ def stage_criteria(run: Path, stage: str, dataset, ids: list[str], net, scale: f
                 totals["masking"] += masking_criterion(**logits)
                 totals["masking_probability"] += masking_criterion(**logits, space="probability")
                 # the score's fall with the mask minus its fall with the complement, without the area term
-                totals["masking_uncorrected"] += masking_criterion(**{**logits, "area": np.full_like(logits["area"], 0.5)},
-                                                                   space="probability")
+                half = np.full_like(logits["area"], 0.5)  # 2 * area - 1 = 0
+                totals["masking_uncorrected"] += masking_criterion(**{**logits, "area": half}, space="probability")
     return {name: values / len(ids) for name, values in totals.items()}
 
 
@@ -133,7 +133,8 @@ def main() -> None:
                      + " | ".join(cells) + " |")
     result = {"benchmark": "label-free background thresholds vs the oracle", "run": str(args.run),
               "dataset": str(args.dataset), "split": args.split, "images_for_rules": len(ids),
-              "image_stages": args.image_stages, "grid": list(GRID), "scale": args.scale, "crf_bilateral_sxy": args.crf_bilateral_sxy,
+              "image_stages": args.image_stages, "grid": list(GRID), "scale": args.scale,
+              "crf_bilateral_sxy": args.crf_bilateral_sxy,
               "rows": rows, "platform": platform.platform(), "torch_threads": torch.get_num_threads()}
     write_result(args.out, result, "\n".join(table))
     print("\n".join(table))

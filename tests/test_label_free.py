@@ -27,7 +27,8 @@ def test_masking_criterion_by_hand():
     np.testing.assert_allclose(masking_criterion(np.array([l3]), np.array([-l3]), np.array([[-l3]]),
                                                  np.array([[l3]]), np.array([[0.25]]), space="probability"), [0.75])
     # the empty and the whole-image mask score zero whatever the classifier says
-    ends = masking_criterion(full, blank, np.array([[2.0], [-2.0]]), np.array([[-2.0], [2.0]]), np.array([[0.0], [1.0]]))
+    ends = masking_criterion(full, blank, np.array([[2.0], [-2.0]]), np.array([[-2.0], [2.0]]),
+                             np.array([[0.0], [1.0]]))
     np.testing.assert_allclose(ends, [0.0, 0.0], atol=1e-12)
     with pytest.raises(ValueError, match="space"):
         masking_criterion(full, blank, erased, kept, area, space="odds")

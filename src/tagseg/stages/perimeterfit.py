@@ -45,8 +45,8 @@ class PerimeterFitConfig(BaseModel):
     thresholds: dict[Variant, float] | None = Field(None, description="CAM-negative threshold per variant")
     search: Literal["grid", "label_free"] = "grid"
     grid: tuple[float, ...] = tuple(round(0.1 + 0.05 * k, 2) for k in range(9))
-    label_free: LabelFreeMethod = Field("masking", description="how the output's label-free background threshold "
-                                                               "is chosen (rescoring only)")
+    label_free: LabelFreeMethod = Field(
+        "expected_iou", description="how the output's label-free background threshold is chosen (rescoring only)")
 
     @field_validator("grid")
     @classmethod

@@ -56,8 +56,8 @@ class RandomWalkConfig(BaseModel):
     normalize: Literal["global", "per_class"] = Field(
         "per_class", description="divide the walked scores by each class's maximum, or by their overall maximum (IRN)")
     image_size: ImageSize = Field("auto", description=IMAGE_SIZE_HELP)
-    label_free: LabelFreeMethod = Field("masking", description="how the output's label-free background threshold "
-                                                               "is chosen (rescoring only)")
+    label_free: LabelFreeMethod = Field(
+        "expected_iou", description="how the output's label-free background threshold is chosen (rescoring only)")
 
 
 @torch.no_grad()
