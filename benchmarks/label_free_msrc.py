@@ -10,7 +10,12 @@ the rule's criterion per image (cached under ``<run>/label_free_bench/<stage>/``
 resumes), chooses the threshold from a subset of the images (``--max-images``, evenly spaced) and
 reads its mIoU on the whole split from the stage's recorded threshold curve. The oracle is that
 curve's best. No rule parameter is fitted to masks: the erase fill (backbone mean), the scale the
-classifier sees, the CRF settings (the recipe's) and the threshold grid are fixed in advance.
+classifier sees, the CRF settings (the recipe's) and the threshold grids are fixed in advance.
+Rules: ``otsu`` (the stage's record), ``expected_iou`` (all images' histograms), for PerimeterFit
+``from_cams`` (the CAMs' expected-IoU threshold halved, as the ``silop`` combination halves the
+scores of the pixels it does not keep), ``masking`` (logit form, falling back to Otsu when no mask
+beats a random one, as the stages do), its probability form, its uncorrected form (kept - erased:
+no area term), and ``crf`` agreement.
 """
 
 from __future__ import annotations
@@ -114,7 +119,12 @@ def main() -> None:
         seconds = time.perf_counter() - started
         otsu = manifest["label_free"]["threshold"]
         expected, _ = expected_iou_of(args.run / stage, dataset.ids, dataset.num_classes)
-        rules = {"otsu": otsu, "expected_iou": expected,
+        if stage == "perimeterfit":  # the stage's default: the CAMs' default threshold, halved as "silop" halves
+            rules_extra = {"from_cams": round(0.5 * expected_iou_of(args.run / "make_cam", dataset.ids,
+                                                                     dataset.num_classes)[0], 3)}
+        else:
+            rules_extra = {}
+        rules = {"otsu": otsu, "expected_iou": expected, **rules_extra,
                  **{name: choose(GRID, values) if values.max() > 0 or not name.startswith("masking") else otsu
                     for name, values in totals.items()}}
         oracle = pct(manifest["metrics"]["miou"])

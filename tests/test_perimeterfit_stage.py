@@ -80,8 +80,13 @@ def test_label_free_and_fixed_thresholds(synthetic, tmp_path):
     fake_cams(dataset, tmp_path)
     manifest = perimeterfit(dataset, tmp_path, config(search="label_free"))
     assert manifest["threshold_choice"] == "label_free"
-    # no classifier in this run (hand-made CAMs): the masking threshold falls back to Otsu's, and says so
-    assert manifest["label_free"]["method"] == "otsu" and "train_cam/model.pt" in manifest["label_free"]["note"]
+    free = manifest["label_free"]  # the CAMs' label-free threshold, halved as the combination halves scores
+    assert free["method"] == "from_cams" and free["threshold"] == round(free["cams_threshold"] / 2, 3)
+    # no classifier in this run (hand-made CAMs): the masking threshold falls back to Otsu's, and says so;
+    # another label-free method only rescores the stage's maps
+    masked = perimeterfit(dataset, tmp_path, config(search="label_free", label_free="masking"))
+    assert masked["label_free"]["method"] == "otsu" and "train_cam/model.pt" in masked["label_free"]["note"]
+    assert masked["timings"]["items_computed"] == len(dataset)
     assert set(manifest["thresholds"].values()) == {manifest["thresholds"]["slic"]}
     shutil.copytree(tmp_path / "make_cam", tmp_path / "fixed" / "make_cam")
     fixed = perimeterfit(dataset, tmp_path / "fixed", config(thresholds={"slic": 0.2, "quickshift": 0.4}))
@@ -139,3 +144,12 @@ def test_perimeter_cli_prints_timings(synthetic, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "tagseg.cli", "perimeter", str(synthetic), str(tmp_path),
                           "--set", "variants=[watershed]"], capture_output=True, text=True)
     assert bad.returncode == 2 and "variants.0" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_label_free_threshold_from_the_cams_follows_the_combination(tmp_path):
+    from tagseg.stages.perimeterfit import from_cams
+
+    cams = {"label_free": {"method": "expected_iou", "threshold": 0.36}}
+    assert from_cams(cams, tmp_path, None, "silop") == {"method": "from_cams", "threshold": 0.18,
+                                                        "cams_threshold": 0.36}
+    assert from_cams(cams, tmp_path, None, "product")["threshold"] == 0.36

@@ -45,8 +45,9 @@ class PerimeterFitConfig(BaseModel):
     thresholds: dict[Variant, float] | None = Field(None, description="CAM-negative threshold per variant")
     search: Literal["grid", "label_free"] = "grid"
     grid: tuple[float, ...] = tuple(round(0.1 + 0.05 * k, 2) for k in range(9))
-    label_free: LabelFreeMethod = Field(
-        "expected_iou", description="how the output's label-free background threshold is chosen (rescoring only)")
+    label_free: Literal["from_cams"] | LabelFreeMethod = Field(
+        "from_cams", description="how the output's label-free background threshold is chosen (rescoring only): "
+                                 "from_cams maps the CAM stage's through the combination")
 
     @field_validator("grid")
     @classmethod
@@ -137,9 +138,25 @@ def perimeterfit(dataset: Dataset, run: Path, config: PerimeterFitConfig, *, dev
         for _ in parallel_map(refine_one, todo, len(todo), f"perimeterfit ({len(todo)} images)", workers):
             pass
         stage.record(items_computed=len(todo))
-        net = run_classifier(run, device) if config.label_free == "masking" else None
-        stage.record(**score_stage_fields(stage.path, dataset, workers, config.label_free, net, device))
+        if config.label_free == "from_cams":
+            label_free = from_cams(cam_manifest, cam_dir, dataset, config.combination, workers)
+        else:
+            label_free = config.label_free
+        net = run_classifier(run, device) if label_free == "masking" else None
+        stage.record(**score_stage_fields(stage.path, dataset, workers, label_free, net, device))
         return stage.manifest
+
+
+def from_cams(cam_manifest: dict, cam_dir: Path, dataset: Dataset, combination: Combination, workers: int = 1) -> dict:
+    """The output's label-free threshold that judges a pixel the fit did not keep exactly as the CAM
+    stage's label-free threshold does: the combination halves those pixels' scores (``silop``), so
+    half the CAM's threshold; ``product`` keeps the scores it keeps, so the CAM's threshold itself.
+    Pixels the fit keeps then need half the CAM's evidence (``silop``)."""
+    cams = (cam_manifest.get("label_free") or {}).get("threshold")
+    if cams is None:
+        cams = otsu_of(cam_dir, dataset.ids, workers)
+    factor = 0.5 if combination == "silop" else 1.0
+    return {"method": "from_cams", "threshold": round(float(cams) * factor, 3), "cams_threshold": cams}
 
 
 def _choose_thresholds(dataset: Dataset, cam_dir: Path, perimeter_dirs: dict[str, Path], config: PerimeterFitConfig,
