@@ -13,7 +13,8 @@ curve's best. No rule parameter is fitted to masks: the erase fill (backbone mea
 classifier sees, the CRF settings (the recipe's) and the threshold grids are fixed in advance.
 Rules: ``otsu`` (the stage's record), ``expected_iou`` (all images' histograms), for PerimeterFit
 ``from_cams`` (the CAMs' expected-IoU threshold halved, as the ``silop`` combination halves the
-scores of the pixels it does not keep), ``masking`` (logit form, falling back to Otsu when no mask
+scores of the pixels it does not keep), for the walk ``from_source`` (the threshold keeping the
+PerimeterFit foreground share at that threshold), ``masking`` (logit form, falling back to Otsu when no mask
 beats a random one, as the stages do), its probability form, its uncorrected form (kept - erased:
 no area term), and ``crf`` agreement.
 """
@@ -36,7 +37,8 @@ from tagseg.data.dataset import open_dataset
 from tagseg.data.imageio import read_image
 from tagseg.data.transforms import normalize, resize
 from tagseg.label_free import (
-    GRID, choose, crf_agreement, expected_iou_of, masking_criterion, masking_logits, sample_ids, threshold_labels,
+    GRID, choose, crf_agreement, expected_iou_of, histogram_of, masking_criterion, masking_logits, matched_area,
+    sample_ids, threshold_labels,
 )
 from tagseg.refine.crf import CrfParams
 from tagseg.rundir import finished_stage
@@ -119,9 +121,13 @@ def main() -> None:
         seconds = time.perf_counter() - started
         otsu = manifest["label_free"]["threshold"]
         expected, _ = expected_iou_of(args.run / stage, dataset.ids, dataset.num_classes)
-        if stage == "perimeterfit":  # the stage's default: the CAMs' default threshold, halved as "silop" halves
-            rules_extra = {"from_cams": round(0.5 * expected_iou_of(args.run / "make_cam", dataset.ids,
-                                                                     dataset.num_classes)[0], 3)}
+        # the defaults' chain: CAM expected_iou -> PerimeterFit from_cams (halved) -> walk from_source
+        cams = expected_iou_of(args.run / "make_cam", dataset.ids, dataset.num_classes)[0]
+        if stage == "perimeterfit":
+            rules_extra = {"from_cams": round(0.5 * cams, 3)}
+        elif stage == "random_walk":
+            rules_extra = {"from_source": matched_area(histogram_of(args.run / "perimeterfit", dataset.ids), 0.5 * cams,
+                                                       histogram_of(args.run / stage, dataset.ids))}
         else:
             rules_extra = {}
         rules = {"otsu": otsu, "expected_iou": expected, **rules_extra,

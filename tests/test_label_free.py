@@ -168,3 +168,12 @@ def test_expected_iou_finds_the_split_of_a_synthetic_case(make_voc, tmp_path):
     dataset, folder, _ = stage_case(make_voc, tmp_path)
     chosen = stage_threshold(folder, dataset, "expected_iou")
     assert chosen["method"] == "expected_iou" and 0.3 <= chosen["threshold"] <= 0.5
+
+
+def test_matched_area_keeps_the_share_of_foreground_pixels():
+    from tagseg.label_free import matched_area
+
+    source = best_score_histogram(np.array([[[0.1025, 0.2025, 0.3025, 0.6025]]], np.float32))  # 1 of 4 above 0.5
+    walked = best_score_histogram(np.array([[[0.1025, 0.3025, 0.7025, 0.9025]]], np.float32))
+    assert matched_area(source, 0.5, walked) == 0.71  # the lowest threshold leaving 1 of 4 above it
+    assert matched_area(source, 0.05, walked) == 0.01  # everything above: the lowest threshold

@@ -192,8 +192,8 @@ def sample_ids(ids: list[str], count: int = SAMPLE) -> list[str]:
     return [ids[i] for i in np.linspace(0, len(ids) - 1, count).round().astype(int)]
 
 
-def otsu_of(folder: Path, ids: list[str], workers: int = 1) -> float:
-    """Otsu's threshold of a folder of score maps."""
+def histogram_of(folder: Path, ids: list[str], workers: int = 1) -> np.ndarray:
+    """:func:`best_score_histogram` summed over a folder of score maps."""
     histogram = np.zeros(len(SCORE_BINS) - 1, np.int64)
 
     def load(item_id: str) -> np.ndarray:
@@ -201,7 +201,23 @@ def otsu_of(folder: Path, ids: list[str], workers: int = 1) -> float:
 
     for counts in parallel_map(load, ids, len(ids), "score histogram", workers):
         histogram += counts
-    return otsu(histogram)
+    return histogram
+
+
+def otsu_of(folder: Path, ids: list[str], workers: int = 1) -> float:
+    """Otsu's threshold of a folder of score maps."""
+    return otsu(histogram_of(folder, ids, workers))
+
+
+def matched_area(source_histogram: np.ndarray, source_threshold: float, histogram: np.ndarray,
+                 thresholds=FINE_GRID) -> float:
+    """The threshold at which the share of pixels above it in ``histogram`` is closest to the share
+    above ``source_threshold`` in ``source_histogram`` (best-score histograms over :data:`SCORE_BINS`)."""
+    centres = (SCORE_BINS[:-1] + SCORE_BINS[1:]) / 2
+    share = source_histogram[centres > source_threshold].sum() / max(source_histogram.sum(), 1)
+    above = centres[None] > np.asarray(thresholds)[:, None]
+    shares = (above * histogram[None]).sum(axis=1) / max(histogram.sum(), 1)
+    return float(np.asarray(thresholds)[int(np.argmin(np.abs(shares - share)))])
 
 
 def expected_iou_of(folder: Path, ids: list[str], num_classes: int, workers: int = 1) -> tuple[float, np.ndarray]:

@@ -30,7 +30,7 @@ from tagseg.data.dataset import Dataset
 from tagseg.data.imageio import read_image
 from tagseg.data.transforms import resize, to_batch
 from tagseg.evaluate import score_stage_fields
-from tagseg.label_free import Method as LabelFreeMethod
+from tagseg.label_free import Method as LabelFreeMethod, histogram_of, matched_area, otsu
 from tagseg.models.affinity import AffinityModel, BoundaryNet
 from tagseg.progress import parallel_map
 from tagseg.refine.random_walk import neighbor_offsets, path_affinities, random_walk, transition_matrix
@@ -56,8 +56,9 @@ class RandomWalkConfig(BaseModel):
     normalize: Literal["global", "per_class"] = Field(
         "per_class", description="divide the walked scores by each class's maximum, or by their overall maximum (IRN)")
     image_size: ImageSize = Field("auto", description=IMAGE_SIZE_HELP)
-    label_free: LabelFreeMethod = Field(
-        "expected_iou", description="how the output's label-free background threshold is chosen (rescoring only)")
+    label_free: Literal["from_source"] | LabelFreeMethod = Field(
+        "from_source", description="how the output's label-free background threshold is chosen (rescoring only): "
+                                   "from_source keeps the source's foreground area")
 
 
 @torch.no_grad()
@@ -131,6 +132,21 @@ def random_walk_stage(dataset: Dataset, run: Path, config: RandomWalkConfig, *, 
         if todo:
             stage.record(items_computed=len(todo),
                          seconds_per_image=round((time.perf_counter() - started) / len(todo), 4))
-        classifier = run_classifier(run, device) if config.label_free == "masking" else None
-        stage.record(**score_stage_fields(stage.path, dataset, workers, config.label_free, classifier, device))
+        label_free = (from_source(source, run / config.cams, stage.path, dataset.ids, workers)
+                      if config.label_free == "from_source" else config.label_free)
+        classifier = run_classifier(run, device) if label_free == "masking" else None
+        stage.record(**score_stage_fields(stage.path, dataset, workers, label_free, classifier, device))
         return stage.manifest
+
+
+def from_source(source: dict, source_dir: Path, walked_dir: Path, ids: list[str], workers: int = 1) -> dict:
+    """The walk's label-free threshold: the one at which its foreground covers as many pixels as the
+    source stage's foreground at the source's label-free threshold. The walk moves scores along
+    affinities, towards object boundaries, rather than deciding how much of the image is object."""
+    source_histogram = histogram_of(source_dir, ids, workers)
+    threshold = (source.get("label_free") or {}).get("threshold")
+    if threshold is None:
+        threshold = otsu(source_histogram)
+    return {"method": "from_source", "threshold": matched_area(source_histogram, threshold,
+                                                               histogram_of(walked_dir, ids, workers)),
+            "source_threshold": threshold}
