@@ -1,8 +1,12 @@
 """Background thresholds chosen without ground truth, for score maps without a background channel.
 
 A pixel is background unless its best tagged-class score is above a global threshold t.
-The oracle picks t on the training masks; these rules pick it from the data alone:
+The oracle picks t on the training masks; these rules pick it from the data alone (the stages'
+``label_free`` methods; PerimeterFit and the walk add their own, derived from their source stage's
+threshold, in their modules; README "Benchmark: label-free thresholds" has the measurements):
 
+- ``expected_iou`` (the CAM default): the t with the highest mIoU expected if every pixel's best
+  score were the probability that it belongs to the class winning it. Histograms only.
 - ``otsu``: Otsu's split of the histogram of every pixel's best score over the split.
 - ``masking``: ask the classifier. For each t and tagged class, erase the class's mask
   (pixels set to the backbone's mean colour) and, separately, erase everything but the mask.
@@ -12,9 +16,9 @@ The oracle picks t on the training masks; these rules pick it from the data alon
   of the score: per class, ``kept - erased - (2 * area - 1) * (full - blank)`` in
   logits, zero for the empty and the full mask. The threshold with the largest sum
   over the split's (image, tagged class) pairs wins.
-- ``crf``: the threshold whose labels a dense CRF changes least (mean IoU of each image's
-  labels and their CRF-refined labels, over the labels present in either), i.e. whose
-  boundaries already follow the image's colour edges.
+- ``crf`` (measured by the benchmark, not a stage method: it favours thresholds whose labels the
+  CRF has little to change, not good ones): the threshold whose labels a dense CRF changes least
+  (mean IoU of each image's labels and their CRF-refined labels, over the labels present in either).
 
 Everything here takes arrays (and, for ``masking``, a callable classifier) and returns arrays.
 """
