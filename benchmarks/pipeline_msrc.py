@@ -2,9 +2,13 @@
 
     .venv/bin/python benchmarks/pipeline_msrc.py                      # silop, puzzle_affinitynet, fully_supervised
     .venv/bin/python benchmarks/pipeline_msrc.py --recipes silop --set stages.train_cam.head=cam
+    .venv/bin/python benchmarks/pipeline_msrc.py --recipes silop --seed 1 --out benchmarks/results/x.json
 
 Each recipe runs with `tagseg run` semantics (resumable, into the recipe's run directory,
-which --runs can move). Writes benchmarks/results/pipeline_msrc.json and a Markdown table.
+which --runs can move). --seed N sets the seed of every stage of the recipe that has one and
+names the run ``<recipe>_seed<N>``. Writes benchmarks/results/pipeline_msrc.json and two
+Markdown tables: the end-to-end figures, and per score stage (CAM, PerimeterFit, walk) the
+mIoU at the oracle threshold beside the label-free threshold the recipe uses.
 """
 
 from __future__ import annotations
@@ -20,20 +24,49 @@ from tagseg.rundir import read_manifest
 from tagseg.runtime import setup_logging
 
 
-def run_one(name: str, runs: Path, extra: list[str]) -> dict:
-    run = runs / name
-    recipe, configs = load_recipe(ROOT / "recipes" / f"{name}.yaml",
+SCORE_STAGES = ("make_cam", "perimeterfit", "random_walk")
+SEEDS = {"train_cam": "seed", "perimeterfit": "perimeter.seed", "train_affinity": "seed", "train_seg": "seed"}
+
+
+def seed_overrides(recipe_file: Path, seed: int) -> list[str]:
+    """``stages.<stage>.<key>=<seed>`` for each stage of the recipe that draws random numbers."""
+    stages = load_recipe(recipe_file)[0].stages
+    return [f"stages.{stage}.{key}={seed}" for stage, key in SEEDS.items() if stage in stages]
+
+
+def score_stage_row(manifest: dict) -> dict:
+    """Oracle and label-free threshold and mIoU of a scored score stage."""
+    free = manifest.get("label_free") or {}
+    return {"oracle_threshold": manifest.get("threshold"),
+            "oracle_miou": pct((manifest.get("metrics") or {}).get("miou")),
+            "label_free_method": free.get("method"), "label_free_threshold": free.get("threshold"),
+            "label_free_miou": pct((free.get("metrics") or {}).get("miou"))}
+
+
+def run_one(name: str, runs: Path, extra: list[str], seed: int | None = None) -> dict:
+    recipe_file = ROOT / "recipes" / f"{name}.yaml"
+    if seed is not None:
+        extra = [*seed_overrides(recipe_file, seed), *extra]
+    run = runs / (name if seed is None else f"{name}_seed{seed}")
+    recipe, configs = load_recipe(recipe_file,
                                   [f"run={run}", f"upper_bound_run={runs / 'fully_supervised'}",
                                    f"dataset={MSRC}", *extra])
     record = run_recipe(recipe, configs)
     stages = {k: v.get("seconds") for k, v in record["stages"].items()}
     pseudo = read_manifest(run / "pseudo_labels") or {}
     final = read_manifest(run / f"segment_{recipe.eval_split}") or {}
-    return {"recipe": name, "run": str(run), "overrides": extra,
+    scores = {stage: score_stage_row(read_manifest(run / stage) or {}) for stage in SCORE_STAGES
+              if stage in recipe.stages}
+    return {"recipe": name, "seed": seed, "run": str(run), "overrides": extra, "score_stages": scores,
+            "pseudo_label_threshold": pseudo.get("threshold"),
             "pseudo_label_train_miou": pct((pseudo.get("metrics") or {}).get("miou")),
             "final_val_miou": pct((final.get("metrics") or {}).get("miou")),
             "pseudo_label_train_class_iou": class_iou(pseudo), "final_val_class_iou": class_iou(final),
             "stage_seconds": stages, "stage_configs": {k: v["config"] for k, v in record["stages"].items()}}
+
+
+def label(row: dict) -> str:
+    return row["recipe"] if row.get("seed") is None else f"{row['recipe']} (seed {row['seed']})"
 
 
 def table(rows: list[dict], upper: float | None) -> str:
@@ -43,11 +76,19 @@ def table(rows: list[dict], upper: float | None) -> str:
         ratio = f"{r['final_val_miou'] / upper:.1%}" if upper and r["final_val_miou"] is not None else "-"
         total = sum(v or 0 for v in r["stage_seconds"].values())
         pseudo = "-" if r["pseudo_label_train_miou"] is None else f"{r['pseudo_label_train_miou']:.1f}"
-        lines.append(f"| {r['recipe']} | {pseudo} | {r['final_val_miou']:.1f} | {ratio} | {total / 60:.1f} min |")
+        lines.append(f"| {label(r)} | {pseudo} | {r['final_val_miou']:.1f} | {ratio} | {total / 60:.1f} min |")
+    lines += ["", "| recipe | score stage | oracle t | oracle mIoU | label-free rule | label-free t | "
+                  "label-free mIoU | gap |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for stage, s in (r.get("score_stages") or {}).items():
+            gap = ("-" if s["oracle_miou"] is None or s["label_free_miou"] is None
+                   else f"{s['label_free_miou'] - s['oracle_miou']:+.1f}")
+            lines.append(f"| {label(r)} | {stage} | {s['oracle_threshold']} | {s['oracle_miou']} | "
+                         f"{s['label_free_method']} | {s['label_free_threshold']} | {s['label_free_miou']} | {gap} |")
     lines += ["", "| recipe | stage | seconds |", "|---|---|---|"]
     for r in rows:
         for stage, seconds in r["stage_seconds"].items():
-            lines.append(f"| {r['recipe']} | {stage} | {seconds} |")
+            lines.append(f"| {label(r)} | {stage} | {seconds} |")
     return "\n".join(lines) + "\n"
 
 
@@ -57,14 +98,16 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench_pipeline")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[],
                         help="recipe overrides KEY=VALUE applied to every recipe but fully_supervised")
+    parser.add_argument("--seed", type=int, help="seed of every seeded stage; the run is <recipe>_seed<N>")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline_msrc.json")
     args = parser.parse_args()
     setup_logging()
     previous = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
-    rows = {r["recipe"]: r for r in previous["rows"]}
+    rows = {label(r): r for r in previous["rows"]}
     for name in args.recipes:
-        rows[name] = run_one(name, args.runs, [] if name == "fully_supervised" else args.overrides)
-        print(f"{name}: {rows[name]['final_val_miou']}", file=sys.stderr)
+        row = run_one(name, args.runs, [] if name == "fully_supervised" else args.overrides, args.seed)
+        rows[label(row)] = row
+        print(f"{label(row)}: {row['final_val_miou']}", file=sys.stderr)
         upper = rows.get("fully_supervised", {}).get("final_val_miou")
         ordered = list(rows.values())
         write_result(args.out, {"benchmark": "pipeline_msrc", "upper_bound_val_miou": upper, "rows": ordered},
