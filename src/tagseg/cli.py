@@ -429,11 +429,12 @@ def train_affinity_command(
     force: Force = False,
     on_error: OnErrorOption = "stop",
 ) -> None:
-    """Train an affinity network on the seed labels (backbone frozen; resumable per epoch).
+    """Train an affinity network on seed or boundary labels (backbone frozen; resumable per epoch).
 
-    Keys: kind (boundary: IRN boundary map; affinitynet: PSA embedding), backbone, weights,
-    radius (5), epochs (3), min_steps (120), steps (null), batch_size (8), crop_size (320), scale_range ([0.7, 1.3]),
-    optimizer (sgd), lr (0.1), momentum, weight_decay, seed.
+    Keys: kind (boundary: IRN boundary map; affinitynet: PSA embedding; benet: BES boundary map trained
+    on RUN/boundary_labels/), labels (the label stage; default by kind), backbone, weights, freeze_backbone
+    (true), radius (5), epochs (3), min_steps (120), steps (null), batch_size (8), crop_size (320),
+    scale_range ([0.7, 1.3]), optimizer (sgd), lr (0.1), momentum, weight_decay, seed.
     """
     from tagseg.config import load_config
     from tagseg.runtime import resolve_device
@@ -473,6 +474,41 @@ def random_walk_command(
     dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
     _print_cam_scores(STAGE, random_walk_stage(dataset, run, settings, device=resolve_device(device),
                                                workers=workers, force=force))
+
+
+@app.command("boundary-maps")
+def boundary_maps_command(
+    dataset_path: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset root.")],
+    run: Annotated[Path, typer.Argument(help="Run directory with a boundary net in RUN/train_affinity/; "
+                                             "writes RUN/boundary_maps/.")],
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    split: Annotated[str, typer.Option(help="Split to process.")] = "train",
+    device: Device = "auto",
+    workers: Workers = 2,
+    force: Force = False,
+    on_error: OnErrorOption = "stop",
+) -> None:
+    """Write the boundary net's map of every image (8-bit PNG) and score it against the masks' boundaries.
+
+    Keys: flip (true), image_size (auto), tolerance (2 px, scoring only).
+    """
+    from tagseg.config import load_config
+    from tagseg.runtime import resolve_device
+    from tagseg.stages.boundary_maps import STAGE, BoundaryMapsConfig, make_boundary_maps
+
+    settings = load_config(BoundaryMapsConfig, config, overrides)
+    log_to_run(run)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
+    manifest = make_boundary_maps(dataset, run, settings, device=resolve_device(device), workers=workers,
+                                  force=force)
+    metrics = manifest.get("boundary_metrics")
+    if metrics:
+        out.print(f"{STAGE}: best F {_fmt(metrics['f'])} (precision {_fmt(metrics['precision'])}, recall "
+                  f"{_fmt(metrics['recall'])}) at threshold {metrics['threshold']:.2f}, tolerance "
+                  f"{settings.tolerance:g} px")
+    else:
+        out.print(f"{STAGE}: wrote {manifest['items_computed']} maps (no masks to score them)")
 
 
 @app.command("pseudo-labels")

@@ -6,6 +6,12 @@ import torch
 import torch.nn.functional as F
 
 
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over ``mask`` (broadcast to their shape); 0, still in the graph, when it is empty."""
+    mask = torch.broadcast_to(mask, values.shape).to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
 def multilabel_soft_margin(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Puzzle-CAM eq. 2-3 / dissertation eq. 2.1: mean over classes of -log sigma(+-z)."""
     return F.multilabel_soft_margin_loss(logits, targets)
@@ -63,3 +69,22 @@ def dilated_cam_loss(standard: torch.Tensor, dense: torch.Tensor, targets: torch
     positions = standard.shape[-2] * standard.shape[-1]
     squared = (F.relu(dense.detach()) - F.relu(standard)) ** 2 * targets[:, :, None, None]
     return squared.sum() / (classes * positions * batch)
+
+
+def relaxed_boundary_loss(probabilities: torch.Tensor, boundary: torch.Tensor, foreground: torch.Tensor,
+                          background: torch.Tensor, eps: float = 1e-4) -> dict[str, torch.Tensor]:
+    """BES eq. 4: -mean_{bry} sqrt(P) log P - (mean_{fg} log(1 - P) + mean_{bg} log(1 - P)) / 2.
+
+    ``probabilities`` (B, h, w) are BENet's boundary probabilities, the three bool masks its
+    synthesised boundary / non-boundary foreground / non-boundary background pixels (ignored
+    pixels, crop padding included, are in none). The weight W = sqrt(P) relaxes boundary labels
+    the network finds implausible; it is a weight, not a path for gradients (detached, as in
+    the authors' code). Each term is a mean over its own set (0 when the set is empty);
+    P is clamped to [eps, 1 - eps] as the authors' code does, so log stays finite.
+    """
+    p = probabilities.clamp(eps, 1 - eps)
+    boundary_term = masked_mean(-p.detach().sqrt() * torch.log(p), boundary)
+    foreground_term = masked_mean(-torch.log(1 - p), foreground)
+    background_term = masked_mean(-torch.log(1 - p), background)
+    return {"loss": boundary_term + (foreground_term + background_term) / 2, "boundary": boundary_term,
+            "foreground": foreground_term, "background": background_term}

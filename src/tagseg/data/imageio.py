@@ -124,6 +124,14 @@ def write_mask(path: Path, mask: np.ndarray) -> None:
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
+def write_boundary_map(path: Path, boundary: np.ndarray) -> None:
+    """Write a boundary probability map (H, W) in [0, 1] as an 8-bit grayscale PNG (value / 255), atomically."""
+    if boundary.ndim != 2:
+        raise ValueError(f"boundary map must be 2-D, got {boundary.shape}")
+    pixels = np.rint(np.clip(boundary, 0.0, 1.0) * 255).astype(np.uint8)
+    atomic_write(path, lambda tmp: Image.fromarray(pixels, mode="L").save(tmp, format="PNG"))
+
+
 def write_image(path: Path, image: np.ndarray, quality: int = 95) -> None:
     """Write an RGB uint8 image atomically; JPEG or PNG by the file suffix."""
     fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"

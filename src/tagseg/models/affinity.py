@@ -4,10 +4,12 @@
   radius is exp(-mean |f_i - f_j|).
 - ``boundary`` (IRN): a class-agnostic boundary map B; the affinity of i, j is
   1 - max B on the segment between them (raised to beta later, in the walk).
+- ``benet`` (BES): a boundary map like IRN's, from every backbone level, trained directly on
+  synthesised boundary labels (BES eq. 4) instead of pixel pairs; same path affinities (eq. 5).
 
-Both read the backbone's multi-level features with the backbone frozen (as IRN does): only
-the small heads train, which keeps training cheap on a CPU. Both are trained with PSA's
-balanced loss on pairs of seed pixels from confident CAM regions.
+All read the backbone's multi-level features with the backbone frozen by default (as IRN and
+BES do): only the small heads train, which keeps training cheap on a CPU. The first two are
+trained with PSA's balanced loss on pairs of seed pixels from confident CAM regions.
 """
 
 from __future__ import annotations
@@ -18,17 +20,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tagseg.losses import relaxed_boundary_loss
 from tagseg.models.backbones import Backbone
 from tagseg.refine.affinity_labels import affinity_loss
+from tagseg.refine.bes import BACKGROUND, BOUNDARY, FOREGROUND
 from tagseg.refine.random_walk import as_offsets, path_affinities, shifted_overlap
 
-KINDS = ("affinitynet", "boundary")
+KINDS = ("affinitynet", "boundary", "benet")
+PAIR_KINDS = ("affinitynet", "boundary")  # trained on pixel pairs; benet on boundary labels
 FEATURE_STRIDE = 4
 
 
-def _branch(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.GroupNorm(4, out_channels),
-                         nn.ReLU(inplace=True))
+def _branch(in_channels: int, out_channels: int, relu: bool = True) -> nn.Sequential:
+    layers = [nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.GroupNorm(4, out_channels)]
+    return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
 
 
 class _EmbeddingDistances(torch.autograd.Function):
@@ -80,29 +85,46 @@ def embedding_distances(features: torch.Tensor, offsets) -> torch.Tensor:
 
 
 class AffinityModel(nn.Module, ABC):
-    """Frozen backbone + per-level 1x1 branches fused at stride 4; subclasses turn the fused map into affinities."""
+    """Backbone + per-level 1x1 branches resized to stride 4 and concatenated (then fused by one more
+    branch when ``fused_channels``); subclasses turn that map into affinities.
 
-    def __init__(self, backbone: Backbone, branch_channels: int, fused_channels: int) -> None:
+    ``first_level``: the shallowest backbone level used (IRN skips the stride-2 one, BES uses all);
+    ``relu_after_resize``: each branch is conv, GroupNorm, resize, ReLU (BES) rather than conv,
+    GroupNorm, ReLU, resize (IRN); ``freeze_backbone``: only the new layers train. Either way the
+    backbone's BatchNorm statistics stay ImageNet's (batches of a few crops are too small to update them).
+    """
+
+    def __init__(self, backbone: Backbone, branch_channels: int, fused_channels: int | None, first_level: int = 1,
+                 relu_after_resize: bool = False, freeze_backbone: bool = True) -> None:
         super().__init__()
-        self.backbone = backbone.requires_grad_(False)
-        self.branches = nn.ModuleList(_branch(c, branch_channels) for c in backbone.level_channels[1:])
-        self.fuse = _branch(branch_channels * len(self.branches), fused_channels)
+        self.backbone = backbone.requires_grad_(not freeze_backbone)
+        self.freeze_backbone = freeze_backbone
+        self.first_level = first_level
+        self.relu_after_resize = relu_after_resize
+        self.branches = nn.ModuleList(_branch(c, branch_channels, relu=not relu_after_resize)
+                                      for c in backbone.level_channels[first_level:])
+        self.fuse = (_branch(branch_channels * len(self.branches), fused_channels) if fused_channels
+                     else nn.Identity())
 
     def train(self, mode: bool = True) -> "AffinityModel":
         super().train(mode)
-        self.backbone.eval()  # frozen: BatchNorm statistics stay ImageNet's
+        self.backbone.eval()
         return self
 
     def new_modules(self) -> list[nn.Module]:
         return [m for m in self.children() if m is not self.backbone]
 
     def fused(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, fused_channels, ceil(H/4), ceil(W/4))."""
-        with torch.no_grad():
+        """(B, channels, h, w) at the stride-4 level's size (ceil(H/4), ceil(W/4) for CNNs)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
             _, levels = self.backbone.forward_levels(images)
         size = levels[1].shape[-2:]
-        maps = [F.interpolate(branch(level), size=size, mode="bilinear", align_corners=False)
-                if level.shape[-2:] != size else branch(level) for branch, level in zip(self.branches, levels[1:])]
+        maps = []
+        for branch, level in zip(self.branches, levels[self.first_level:]):
+            out = branch(level)
+            if out.shape[-2:] != size:
+                out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+            maps.append(F.relu(out) if self.relu_after_resize else out)
         return self.fuse(torch.cat(maps, dim=1))
 
     @abstractmethod
@@ -116,20 +138,21 @@ class AffinityModel(nn.Module, ABC):
 class AffinityNet(AffinityModel):
     """PSA: affinity = exp(-mean_c |f_i - f_j|) of a learned embedding f."""
 
-    def __init__(self, backbone: Backbone, embedding: int = 128) -> None:
-        super().__init__(backbone, branch_channels=64, fused_channels=embedding)
+    def __init__(self, backbone: Backbone, embedding: int = 128, freeze_backbone: bool = True) -> None:
+        super().__init__(backbone, branch_channels=64, fused_channels=embedding, freeze_backbone=freeze_backbone)
         self.embed = nn.Conv2d(embedding, embedding, 1)
 
     def affinities(self, images, offsets):
         return torch.exp(-embedding_distances(self.embed(self.fused(images)).float(), offsets))
 
 
-class BoundaryNet(AffinityModel):
-    """IRN: a boundary map B in [0, 1]; affinity = 1 - max B along the segment."""
+class BoundaryModel(AffinityModel):
+    """A class-agnostic boundary map B in [0, 1] from a 1x1 head; affinity = 1 - max B along the segment
+    (IRN, BES eq. 5; the power beta is applied by the walk)."""
 
-    def __init__(self, backbone: Backbone) -> None:
-        super().__init__(backbone, branch_channels=32, fused_channels=64)
-        self.head = nn.Conv2d(64, 1, 1)
+    def __init__(self, backbone: Backbone, head_channels: int, **kwargs) -> None:
+        super().__init__(backbone, **kwargs)
+        self.head = nn.Conv2d(head_channels, 1, 1)
 
     def boundary(self, images: torch.Tensor) -> torch.Tensor:
         """(B, h, w) boundary probabilities at stride 4."""
@@ -139,9 +162,34 @@ class BoundaryNet(AffinityModel):
         return path_affinities(self.boundary(images), offsets).transpose(0, 1)
 
 
-def build_affinity_model(kind: str, backbone: Backbone) -> AffinityModel:
+class BoundaryNet(BoundaryModel):
+    """IRN's boundary branch: levels from stride 4 on, 32 channels each, fused to 64 before the head."""
+
+    def __init__(self, backbone: Backbone, freeze_backbone: bool = True) -> None:
+        super().__init__(backbone, head_channels=64, branch_channels=32, fused_channels=64,
+                         freeze_backbone=freeze_backbone)
+
+
+class BENet(BoundaryModel):
+    """BES's BENet (§3.1, §4.1): every backbone level -> 1x1 conv to 32 channels, GroupNorm, resize to
+    stride 4, ReLU; concatenated -> 1x1 conv -> sigmoid. Trained on synthesised boundary labels."""
+
+    def __init__(self, backbone: Backbone, freeze_backbone: bool = True) -> None:
+        branches = 32 * len(backbone.level_channels)
+        super().__init__(backbone, head_channels=branches, branch_channels=32, fused_channels=None, first_level=0,
+                         relu_after_resize=True, freeze_backbone=freeze_backbone)
+
+    def boundary_loss(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
+        """BES eq. 4 on stride-4 boundary labels (B, h, w) of :mod:`tagseg.refine.bes` (255: ignored)."""
+        return relaxed_boundary_loss(self.boundary(images), labels == BOUNDARY, labels == FOREGROUND,
+                                     labels == BACKGROUND)
+
+
+def build_affinity_model(kind: str, backbone: Backbone, freeze_backbone: bool = True) -> AffinityModel:
     if kind == "affinitynet":
-        return AffinityNet(backbone)
+        return AffinityNet(backbone, freeze_backbone=freeze_backbone)
     if kind == "boundary":
-        return BoundaryNet(backbone)
+        return BoundaryNet(backbone, freeze_backbone=freeze_backbone)
+    if kind == "benet":
+        return BENet(backbone, freeze_backbone=freeze_backbone)
     raise ValueError(f"unknown affinity network {kind!r}; choose from {', '.join(KINDS)}")

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from tagseg.data.imageio import IGNORE_INDEX
+from tagseg.losses import masked_mean
 from tagseg.refine.crf import CrfParams, crf_labels
 from tagseg.refine.random_walk import Offsets, neighbor_maps
 
@@ -66,12 +67,6 @@ def pair_labels(seed_labels: np.ndarray | torch.Tensor, offsets: Offsets) -> dic
             "negative": valid & (labels != partner)}
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` over ``mask`` (broadcast to their shape); 0, still in the graph, when it is empty."""
-    mask = torch.broadcast_to(mask, values.shape).to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1)
-
-
 def affinity_loss(predicted_affinity: torch.Tensor, labels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """PSA's balanced affinity loss: fg/4 + bg/4 + neg/2, each term averaged over its own pair set.
 
@@ -80,7 +75,7 @@ def affinity_loss(predicted_affinity: torch.Tensor, labels: dict[str, torch.Tens
     """
     positive = -torch.log(predicted_affinity + EPSILON)
     negative = -torch.log(1 + EPSILON - predicted_affinity)
-    fg = _masked_mean(positive, labels["fg_positive"])
-    bg = _masked_mean(positive, labels["bg_positive"])
-    neg = _masked_mean(negative, labels["negative"])
+    fg = masked_mean(positive, labels["fg_positive"])
+    bg = masked_mean(positive, labels["bg_positive"])
+    neg = masked_mean(negative, labels["negative"])
     return {"loss": fg / 4 + bg / 4 + neg / 2, "fg": fg, "bg": bg, "neg": neg}

@@ -31,7 +31,7 @@ from tagseg.data.imageio import read_image
 from tagseg.data.transforms import resize, to_batch
 from tagseg.evaluate import score_stage_fields
 from tagseg.label_free import Method as LabelFreeMethod, histogram_of, matched_area, otsu
-from tagseg.models.affinity import AffinityModel, BoundaryNet
+from tagseg.models.affinity import AffinityModel, BoundaryModel
 from tagseg.progress import parallel_map
 from tagseg.refine.random_walk import neighbor_offsets, path_affinities, random_walk, transition_matrix
 from tagseg.rundir import file_digest, finished_stage, stage_dir
@@ -61,15 +61,25 @@ class RandomWalkConfig(BaseModel):
                                    "from_source keeps the source's foreground area")
 
 
+def _batch(net: AffinityModel, image: np.ndarray, flip: bool, device: str) -> torch.Tensor:
+    return to_batch([image, np.ascontiguousarray(image[:, ::-1])] if flip else [image],
+                    net.backbone.mean, net.backbone.std).to(device)
+
+
+@torch.no_grad()
+def image_boundary(net: BoundaryModel, image: np.ndarray, flip: bool, device: str) -> torch.Tensor:
+    """A boundary net's map (h, w) at stride 4, averaged with the mirror image's when ``flip``."""
+    boundary = net.boundary(_batch(net, image, flip, device))
+    return (boundary[0] + boundary[1].flip(-1)) / 2 if flip else boundary[0]
+
+
 @torch.no_grad()
 def image_affinities(net: AffinityModel, image: np.ndarray, offsets, flip: bool, device: str):
     """Affinities (K, h, w) at stride 4 and, for a boundary net, the boundary map (h, w)."""
-    batch = to_batch([image, np.ascontiguousarray(image[:, ::-1])] if flip else [image],
-                     net.backbone.mean, net.backbone.std).to(device)
-    if isinstance(net, BoundaryNet):
-        boundary = net.boundary(batch)
-        boundary = (boundary[0] + boundary[1].flip(-1)) / 2 if flip else boundary[0]
+    if isinstance(net, BoundaryModel):
+        boundary = image_boundary(net, image, flip, device)
         return path_affinities(boundary, offsets), boundary
+    batch = _batch(net, image, flip, device)
     if flip:
         # the mirror's pair (p, p + (dy, dx)) is the original's (p', p' + (dy, -dx)): average over matching pairs
         mirrored_offsets = np.asarray(offsets) * np.array([1, -1])

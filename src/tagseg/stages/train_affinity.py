@@ -1,8 +1,10 @@
-"""The 'train_affinity' stage: an affinity network (PSA AffinityNet or IRN boundary net) on seed labels.
+"""The 'train_affinity' stage: an affinity network (PSA AffinityNet, IRN boundary net or BES BENet).
 
-Reads ``<run>/affinity_labels/``; crops of image and seeds share one random rescale / flip /
-crop, the seeds are taken at stride 4 and turned into pair labels within ``radius``. The
-backbone stays frozen; checkpoints every epoch, exact resume (see tagseg.training).
+PSA and IRN read seed labels (``<run>/affinity_labels/``): crops of image and seeds share one
+random rescale / flip / crop, the seeds are taken at stride 4 and turned into pair labels within
+``radius``. BENet reads synthesised boundary labels (``<run>/boundary_labels/``, BES eq. 3), taken
+at stride 4 the same way, and trains on BES eq. 4. The backbone stays frozen by default;
+checkpoints every epoch, exact resume (see tagseg.training).
 """
 
 from __future__ import annotations
@@ -20,16 +22,18 @@ from tagseg.data.dataset import Dataset
 from tagseg.data.imageio import read_image, read_mask
 from tagseg.data.transforms import normalize, random_scale_flip_crop
 from tagseg.errors import ConfigError, DataError
-from tagseg.models.affinity import FEATURE_STRIDE, AffinityModel, build_affinity_model
+from tagseg.models.affinity import FEATURE_STRIDE, PAIR_KINDS, AffinityModel, build_affinity_model
 from tagseg.models.backbones import create_backbone
 from tagseg.refine.affinity_labels import pair_labels
+from tagseg.refine.bes import FOREGROUND
 from tagseg.refine.random_walk import neighbor_offsets
 from tagseg.rundir import atomic_write, finished_stage, stage_dir
 from tagseg.skipping import record_skipped, without_skipped_by
-from tagseg.stages.affinity_labels import STAGE as LABELS_STAGE
+from tagseg.stages.affinity_labels import STAGE as SEED_STAGE
 from tagseg.training import build_optimizer, mean_epoch_seconds, train_epochs, training_steps
 
 STAGE = "train_affinity"
+BOUNDARY_LABELS_STAGE = "boundary_labels"
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
 log = logging.getLogger(__name__)
@@ -38,9 +42,12 @@ log = logging.getLogger(__name__)
 class AffinityTrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["boundary", "affinitynet"] = "boundary"
+    kind: Literal["boundary", "affinitynet", "benet"] = "boundary"
+    labels: str | None = Field(None, description="the label stage to train on; default: affinity_labels "
+                                                 "(boundary, affinitynet) or boundary_labels (benet)")
     backbone: str = "efficientnet_lite0"
     weights: str | None = "imagenet"
+    freeze_backbone: bool = Field(True, description="train only the new layers (IRN, BES)")
     radius: int = Field(5, ge=2, description="pairs within this distance (stride-4 pixels) are labelled")
     epochs: int = Field(3, ge=1, description="passes over the data (see min_steps and steps)")
     steps: int | None = Field(None, ge=1, description="optimisation steps in all; overrides epochs and min_steps")
@@ -54,9 +61,21 @@ class AffinityTrainConfig(BaseModel):
     weight_decay: float = Field(1e-4, ge=0)
     seed: int = 0
 
+    @property
+    def labels_stage(self) -> str:
+        return self.labels or (SEED_STAGE if self.kind in PAIR_KINDS else BOUNDARY_LABELS_STAGE)
+
+    def identity(self) -> dict:
+        """The settings that determine the model; keys left at the values they had before they existed
+        (labels unset, frozen backbone) are left out, so older runs stay finished."""
+        unused = {key for key, default in (("labels", None), ("freeze_backbone", True))
+                  if getattr(self, key) == default}
+        return {k: v for k, v in self.model_dump().items() if k not in unused}
+
 
 class SeedCrops(torch.utils.data.Dataset):
-    """Augmented crops with their stride-4 pair labels; randomness depends only on (seed, epoch, index)."""
+    """Augmented crops with their stride-4 labels: pair labels for PSA / IRN, the boundary label map for
+    BENet. Randomness depends only on (seed, epoch, index)."""
 
     def __init__(self, dataset: Dataset, labels_dir: Path, config: AffinityTrainConfig, mean, std) -> None:
         self.dataset, self.labels_dir, self.config = dataset, labels_dir, config
@@ -70,9 +89,10 @@ class SeedCrops(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         record = self.dataset.records[index]
         image, _ = read_image(record.image_path)
-        seeds = read_mask(self.labels_dir / f"{record.id}.png", self.dataset.num_classes)
+        label_values = self.dataset.num_classes if self.config.kind in PAIR_KINDS else FOREGROUND + 1
+        seeds = read_mask(self.labels_dir / f"{record.id}.png", label_values)
         if seeds.shape != image.shape[:2]:
-            raise DataError(f"{self.labels_dir / (record.id + '.png')}: seed map {seeds.shape} does not match "
+            raise DataError(f"{self.labels_dir / (record.id + '.png')}: label map {seeds.shape} does not match "
                             f"image {record.image_path} {image.shape[:2]}")
         rng = np.random.default_rng([self.config.seed, self.epoch, index])
         crop, valid, seeds = random_scale_flip_crop(image, rng, self.config.crop_size, self.config.scale_range, seeds)
@@ -80,12 +100,15 @@ class SeedCrops(torch.utils.data.Dataset):
         pixels[:, ~valid] = 0.0
         size = -(-self.config.crop_size // FEATURE_STRIDE)
         strided = cv2.resize(seeds, (size, size), interpolation=cv2.INTER_NEAREST)
+        if self.config.kind not in PAIR_KINDS:
+            return torch.from_numpy(pixels), torch.from_numpy(strided)
         pairs = pair_labels(strided, self.offsets)
         return torch.from_numpy(pixels), pairs["fg_positive"], pairs["bg_positive"], pairs["negative"]
 
 
 def build_model(config: AffinityTrainConfig, weights: str | None) -> AffinityModel:
-    return build_affinity_model(config.kind, create_backbone(config.backbone, weights=weights, output_stride=16))
+    return build_affinity_model(config.kind, create_backbone(config.backbone, weights=weights, output_stride=16),
+                                freeze_backbone=config.freeze_backbone)
 
 
 def load_affinity_model(path: Path, device: str = "cpu") -> tuple[AffinityModel, dict]:
@@ -102,11 +125,12 @@ def load_affinity_model(path: Path, device: str = "cpu") -> tuple[AffinityModel,
 def train_affinity(dataset: Dataset, run: Path, config: AffinityTrainConfig, *, device: str = "cpu",
                    workers: int = 1, force: bool = False) -> dict:
     run = Path(run)
-    labels = finished_stage(run, LABELS_STAGE, STAGE)
-    dataset = without_skipped_by(dataset, labels, LABELS_STAGE)
+    labels_stage = config.labels_stage
+    labels = finished_stage(run, labels_stage, STAGE)
+    dataset = without_skipped_by(dataset, labels, labels_stage)
     if len(dataset) < config.batch_size:
         raise ConfigError(f"train_affinity: {len(dataset)} images are fewer than batch_size {config.batch_size}")
-    stage_config = {**config.model_dump(), "labels_config": labels["config"],
+    stage_config = {**config.identity(), "labels_config": labels["config"],
                     **dataset.identity()}
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
         model_path = stage.path / MODEL_FILE
@@ -117,9 +141,12 @@ def train_affinity(dataset: Dataset, run: Path, config: AffinityTrainConfig, *, 
         net = build_model(config, config.weights).to(device)
         optimizer = build_optimizer(net, net.new_modules(), config.optimizer, config.lr, 1.0, config.momentum,
                                     config.weight_decay)
-        crops = SeedCrops(dataset, run / LABELS_STAGE, config, net.backbone.mean, net.backbone.std)
+        crops = SeedCrops(dataset, run / labels_stage, config, net.backbone.mean, net.backbone.std)
 
         def step_loss(batch, step: int, total_steps: int) -> dict:
+            if config.kind not in PAIR_KINDS:
+                images, boundary_labels = (t.to(device) for t in batch)
+                return net.boundary_loss(images, boundary_labels)
             images, fg, bg, negative = (t.to(device) for t in batch)
             pairs = {"fg_positive": fg, "bg_positive": bg, "negative": negative}
             return net.loss(images, pairs, crops.offsets)
