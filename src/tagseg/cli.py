@@ -140,18 +140,26 @@ def _parse_thresholds(text: str) -> tuple[float, ...]:
 
 @app.command("eval")
 def eval_command(
-    prediction: Annotated[Path, typer.Argument(help="Folder of <id>.png masks or <id>.npz score maps.")],
+    prediction: Annotated[Path, typer.Argument(
+        help="Folder of <id>.png masks, <id>.npz score maps or <id>.png boundary maps.")],
     truth: Annotated[Path, typer.Argument(help="Dataset root, or a folder of ground-truth PNG masks.")],
     split: Annotated[Optional[str], typer.Option(help="Dataset split to score (default: all with masks).")] = None,
     classes: Annotated[Optional[Path], typer.Option(help="Class names file, for a plain mask folder.")] = None,
-    thresholds: Annotated[str, typer.Option(help="Background threshold grid for score maps, START:STOP:STEP.")]
-    = "0:1:0.01",
+    thresholds: Annotated[Optional[str], typer.Option(
+        help="Threshold grid, START:STOP:STEP: background threshold of score maps (default 0:1:0.01), "
+             "boundary threshold of boundary maps (default 0.01:1:0.01).")] = None,
+    boundary: Annotated[bool, typer.Option(
+        "--boundary", help="Score the PNGs as class-agnostic boundary maps (8-bit gray, value / 255); "
+                           "automatic for a boundary_maps stage folder.")] = False,
+    tolerance: Annotated[float, typer.Option(
+        min=0, help="Boundary maps: how far (px) a predicted boundary pixel may lie from the true one.")] = 2.0,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Where to write the JSON result.")] = None,
     workers: Workers = 2,
 ) -> None:
-    """mIoU, per-class IoU / precision / recall, pixel accuracy, mFP / mFN (SILOP eq. 3).
+    """mIoU, per-class IoU / precision / recall, pixel accuracy, mFP / mFN (SILOP eq. 3); for
+    boundary maps, boundary precision / recall and the best F-measure.
 
-    Score maps without background are scored at every background threshold of the grid;
+    Score maps without background, and boundary maps, are scored at every threshold of the grid;
     the best one is reported with the whole curve in the JSON.
     """
     from tagseg.data.dataset import open_dataset
@@ -162,7 +170,27 @@ def eval_command(
         ground_truth = GroundTruth.from_dataset(open_dataset(truth, split))
     else:
         ground_truth = GroundTruth.from_folder(truth, classes)
-    result = evaluate(prediction, ground_truth, workers, _parse_thresholds(thresholds))
+    grid = None if thresholds is None else _parse_thresholds(thresholds)
+    result = evaluate(prediction, ground_truth, workers, grid, boundary, tolerance)
+    if result["kind"] == "boundaries":
+        metrics = result["metrics"]
+        threshold = "-" if result["threshold"] is None else f"{result['threshold']:.2f}"
+        out.print(f"boundaries within {result['tolerance']:g} px: precision {_fmt(metrics['precision'])}  "
+                  f"recall {_fmt(metrics['recall'])}  best F {_fmt(metrics['f'])} at threshold {threshold}  "
+                  f"images {result['num_images']}")
+    else:
+        _print_segmentation_scores(prediction, ground_truth, result)
+    if result.get("skipped"):
+        out.print(f"left out {len(result['skipped'])} image(s) the stage skipped: {', '.join(result['skipped'])}")
+    if json_path is None:
+        in_run = (prediction / MANIFEST).exists()
+        json_path = prediction / f"eval_{split or 'all'}.json" if in_run else Path(f"eval_{prediction.name}.json")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    out.print(f"wrote {json_path}")
+
+
+def _print_segmentation_scores(prediction: Path, ground_truth, result: dict) -> None:
     metrics = result["metrics"]
     table = Table(title=f"{prediction} vs {ground_truth.source}")
     for column in ("class", "IoU", "precision", "recall", "FP/TP", "FN/TP"):
@@ -175,14 +203,6 @@ def eval_command(
     out.print(f"mIoU {_fmt(metrics['miou'])}  pixel accuracy {_fmt(metrics['pixel_accuracy'])}  "
               f"mFP {_fmt(metrics['mfp'], 1, 3)}  mFN {_fmt(metrics['mfn'], 1, 3)}  "
               f"images {result['num_images']}{threshold}")
-    if result.get("skipped"):
-        out.print(f"left out {len(result['skipped'])} image(s) the stage skipped: {', '.join(result['skipped'])}")
-    if json_path is None:
-        in_run = (prediction / MANIFEST).exists()
-        json_path = prediction / f"eval_{split or 'all'}.json" if in_run else Path(f"eval_{prediction.name}.json")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    out.print(f"wrote {json_path}")
 
 
 @app.command("prior")

@@ -1,4 +1,4 @@
-"""Score a folder of predictions (masks or score maps) against ground-truth masks."""
+"""Score a folder of predictions (masks, score maps or boundary maps) against ground-truth masks."""
 
 from __future__ import annotations
 
@@ -9,15 +9,21 @@ import numpy as np
 
 from tagseg.artifacts import load_score_map
 from tagseg.data.dataset import Dataset, read_class_names
-from tagseg.data.imageio import read_mask
+from tagseg.data.imageio import read_boundary_map, read_mask
 from tagseg.errors import DataError
 from tagseg.label_free import SCORE_BINS, best_score_histogram, otsu, stage_threshold
-from tagseg.metrics import ConfusionMatrix, ThresholdSweep, labels_from_scores, scores_from_confusion
+from tagseg.metrics import (BoundarySweep, ConfusionMatrix, ThresholdSweep, labels_from_scores,
+                            scores_from_confusion)
 from tagseg.progress import parallel_map
 from tagseg.rundir import read_manifest
 from tagseg.skipping import skipped_by
 
 DEFAULT_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.0, 1.0, 0.01))
+# 0.01 .. 0.99: at 0 every pixel would be a boundary, at 1 only saturated ones
+BOUNDARY_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.01, 1.0, 0.01))
+DEFAULT_TOLERANCE = 2.0
+# the manifest kind of a boundary_maps stage folder: as the stage names it, or as stage_dir() writes it
+BOUNDARY_MAP_KINDS = ("boundary_maps", "'boundary_maps' stage")
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,11 @@ class GroundTruth:
 
 
 def prediction_kind(folder: Path) -> str:
-    """'masks' when the folder holds PNG masks, else 'scores' when it holds npz score maps."""
+    """'boundaries' when the folder's manifest says it holds boundary maps, else 'masks' when it holds
+    PNG masks, else 'scores' when it holds npz score maps."""
+    manifest = read_manifest(folder)
+    if manifest is not None and manifest.get("kind") in BOUNDARY_MAP_KINDS:
+        return "boundaries"
     visible = [p for p in folder.iterdir() if not p.name.startswith(".")]
     if any(p.suffix == ".png" for p in visible):
         return "masks"
@@ -131,9 +141,35 @@ def evaluate_scores(prediction_dir: Path, truth: GroundTruth, thresholds=DEFAULT
                            "metrics": scores_from_confusion(matrices[nearest], truth.class_names)}}
 
 
-def evaluate(prediction_dir: Path, truth: GroundTruth, workers: int = 1,
-             thresholds=DEFAULT_THRESHOLDS) -> dict:
+def evaluate_boundaries(prediction_dir: Path, truth: GroundTruth, tolerance: float = DEFAULT_TOLERANCE,
+                        thresholds=BOUNDARY_THRESHOLDS, workers: int = 1) -> dict:
+    """Class-agnostic boundary maps (8-bit grayscale ``<id>.png``, value / 255): precision, recall and
+    F at every threshold, and the best F over one threshold for the whole dataset (ODS); see
+    :class:`tagseg.metrics.BoundarySweep` for the definitions."""
+    num_classes = len(truth.class_names)
+    pairs = _paired(prediction_dir, truth, ".png")
+    sweep = BoundarySweep(np.asarray(thresholds), tolerance)
+
+    def count(pair):
+        _, prediction_path, truth_path = pair
+        boundary = read_boundary_map(prediction_path)
+        return sweep.histograms(_read_pair(truth_path, boundary, prediction_path, num_classes), boundary)
+
+    for histograms in parallel_map(count, pairs, len(pairs), "evaluating boundaries", workers):
+        sweep.add(histograms)
+    result = sweep.scores()
+    return {"kind": "boundaries", "num_images": len(pairs), "tolerance": result["tolerance"],
+            "threshold": result["threshold"],
+            "metrics": {k: result[k] for k in ("precision", "recall", "f", "boundary_pixels")},
+            "curve": result["curve"]}
+
+
+def evaluate(prediction_dir: Path, truth: GroundTruth, workers: int = 1, thresholds=None, boundary: bool = False,
+             tolerance: float = DEFAULT_TOLERANCE) -> dict:
     """Evaluate whatever the folder holds; the result is JSON-ready.
+
+    ``boundary`` scores its PNGs as boundary maps, which a boundary_maps stage folder gets without
+    asking; ``thresholds`` defaults to the grid of the kind found.
 
     Images the folder's stage skipped (unreadable, ``on_error: skip``) have no prediction: they
     are left out of the score and listed under ``skipped``.
@@ -143,10 +179,13 @@ def evaluate(prediction_dir: Path, truth: GroundTruth, workers: int = 1,
         raise DataError(f"{prediction_dir}: prediction folder not found")
     skipped = sorted(set(skipped_by(read_manifest(prediction_dir))) & set(truth.masks))
     truth = replace(truth, masks={i: p for i, p in truth.masks.items() if i not in skipped})
-    if prediction_kind(prediction_dir) == "masks":
+    kind = "boundaries" if boundary else prediction_kind(prediction_dir)
+    if kind == "boundaries":
+        result = evaluate_boundaries(prediction_dir, truth, tolerance, thresholds or BOUNDARY_THRESHOLDS, workers)
+    elif kind == "masks":
         result = evaluate_masks(prediction_dir, truth, workers)
     else:
-        result = evaluate_scores(prediction_dir, truth, thresholds, workers)
+        result = evaluate_scores(prediction_dir, truth, thresholds or DEFAULT_THRESHOLDS, workers)
     return {"prediction": str(prediction_dir), "ground_truth": truth.source, **result,
             **({"skipped": skipped} if skipped else {})}
 

@@ -1,4 +1,5 @@
-"""Confusion-matrix metrics: mIoU, per-class IoU / precision / recall, mFP / mFN.
+"""Confusion-matrix metrics: mIoU, per-class IoU / precision / recall, mFP / mFN; boundary
+precision / recall / F-measure.
 
 mFP and mFN follow SILOP (eq. 3): the mean over foreground classes of FP_c / TP_c and
 FN_c / TP_c. Pixels whose ground truth is 255 are ignored; predicted 255 ("no label",
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 
 from tagseg.data.imageio import IGNORE_INDEX
@@ -158,6 +160,96 @@ class ThresholdSweep:
             curve.append({"threshold": round(float(threshold), 6), "miou": s["miou"], "mfp": s["mfp"],
                           "mfn": s["mfn"]})
         return curve
+
+
+def ground_truth_boundaries(truth: np.ndarray) -> np.ndarray:
+    """Class-agnostic ground-truth boundary of a label mask: the outlines of its labelled regions.
+
+    A labelled pixel is on the boundary when its right or lower neighbour has another label
+    (one line, one pixel thick, between two touching regions) or when any of its four
+    neighbours is void (255). The second rule matters where void surrounds objects (msrc-voc,
+    the VOC void bands): marking only right / lower neighbours would keep a region's lower and
+    right edges against void and drop its upper and left ones. Void pixels and the image
+    border are never boundary.
+    """
+    labelled = truth != IGNORE_INDEX
+    void = ~labelled
+    edge = np.zeros(truth.shape, dtype=bool)
+    edge[:, :-1] |= (truth[:, :-1] != truth[:, 1:])
+    edge[:-1, :] |= (truth[:-1, :] != truth[1:, :])
+    edge[:, 1:] |= void[:, :-1]
+    edge[1:, :] |= void[:-1, :]
+    return edge & labelled
+
+
+class BoundarySweep:
+    """Boundary precision and recall at every threshold of a grid, summed over images.
+
+    At threshold T the predicted boundary is every pixel whose map value is >= T. A predicted
+    pixel is a true positive when a ground-truth boundary pixel lies within ``tolerance`` px
+    (Euclidean); one on void that is not a true positive cannot be judged and is left out of
+    precision. A ground-truth pixel is recalled when a predicted pixel lies within ``tolerance``
+    px. There is no one-to-one matching (as in BSDS), so a thick prediction beside the truth
+    costs no precision. Counts go into histograms over the grid position, as in
+    :class:`ThresholdSweep`, so every threshold comes from one pass per image.
+    """
+
+    def __init__(self, thresholds: np.ndarray, tolerance: float = 2.0) -> None:
+        self.thresholds = np.asarray(thresholds, dtype=np.float64)
+        if self.thresholds.ndim != 1 or len(self.thresholds) == 0 or np.any(np.diff(self.thresholds) <= 0):
+            raise ValueError("thresholds must be a strictly increasing, non-empty 1-D sequence")
+        if len(self.thresholds) >= np.iinfo(np.uint16).max:
+            raise ValueError(f"at most {np.iinfo(np.uint16).max - 1} thresholds, got {len(self.thresholds)}")
+        if tolerance < 0:
+            raise ValueError(f"tolerance must be >= 0 px, got {tolerance}")
+        self.tolerance = float(tolerance)
+        radius = int(math.floor(self.tolerance))
+        y, x = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+        self._disk = (x * x + y * y <= self.tolerance ** 2).astype(np.uint8)  # the same disk as distance <= t
+        # rows: true positives, counted predictions, recalled ground truth; column k: pixels predicted
+        # at exactly the k lowest thresholds
+        self.histogram = np.zeros((3, len(self.thresholds) + 1), dtype=np.int64)
+        self.num_images = 0
+
+    def histograms(self, truth: np.ndarray, boundary: np.ndarray) -> np.ndarray:
+        """One image's (3, T + 1) counts; does not touch the running sums (safe in worker threads)."""
+        if truth.shape != boundary.shape:
+            raise ValueError(f"shape mismatch: truth {truth.shape}, boundary map {boundary.shape}")
+        edge = ground_truth_boundaries(truth)
+        # the number of thresholds at or below each value: the thresholds at which the pixel is predicted
+        position = np.searchsorted(self.thresholds, boundary, side="right").astype(np.uint16)
+        distance = cv2.distanceTransform((~edge).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        near = distance <= self.tolerance + 1e-4  # float32 square roots of integers: 2.0 must stay within 2
+        judged = near | (truth != IGNORE_INDEX)
+        reach = cv2.dilate(position, self._disk)  # the highest position within the disk (monotone in value)
+        bins = len(self.thresholds) + 1
+        return np.stack([np.bincount(position[near], minlength=bins), np.bincount(position[judged], minlength=bins),
+                         np.bincount(reach[edge], minlength=bins)])
+
+    def add(self, histograms: np.ndarray) -> None:
+        self.histogram += histograms
+        self.num_images += 1
+
+    def scores(self) -> dict:
+        """Precision / recall / F per threshold and the best F over one dataset-wide threshold (ODS)."""
+        above = np.cumsum(self.histogram[:, ::-1], axis=1)[:, ::-1][:, 1:].astype(np.float64)
+        true_positives, predicted, recalled = above
+        truth_pixels = int(self.histogram[2].sum())
+        precision = _ratio(true_positives, predicted)
+        recall = _ratio(recalled, np.full_like(recalled, truth_pixels))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+        f[np.isnan(precision) | np.isnan(recall)] = np.nan
+
+        def clean(value: float) -> float | None:
+            return None if math.isnan(value) else round(float(value), 6)
+
+        curve = [{"threshold": round(float(t), 6), "precision": clean(p), "recall": clean(r), "f": clean(v)}
+                 for t, p, r, v in zip(self.thresholds, precision, recall, f)]
+        # ties go to the lowest threshold; no defined F at all (no ground truth, nothing predicted): all None
+        best = curve[int(np.nanargmax(f))] if np.isfinite(f).any() else dict.fromkeys(curve[0])
+        return {**best, "tolerance": self.tolerance, "num_images": self.num_images,
+                "boundary_pixels": truth_pixels, "curve": curve}
 
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> dict:

@@ -97,6 +97,17 @@ def read_mask(path: Path, num_classes: int) -> np.ndarray:
     return mask
 
 
+def read_boundary_map(path: Path) -> np.ndarray:
+    """A boundary map stored as an 8-bit grayscale PNG, as float64 values / 255 in [0, 1] (H, W).
+
+    Float64 keeps stored levels such as 204 / 255 equal to the decimal threshold 0.8.
+    """
+    image = _open(path)
+    if image.mode != "L":
+        raise DataError(f"{path}: a boundary map must be an 8-bit grayscale image, this one is {image.mode!r}")
+    return np.asarray(image, dtype=np.float64) / 255.0
+
+
 def _colours_to_indices(rgb: np.ndarray, path: Path) -> np.ndarray:
     codes = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
     palette_codes = (VOC_PALETTE[:, 0].astype(np.int32) << 16) | (VOC_PALETTE[:, 1].astype(np.int32) << 8) \
