@@ -522,11 +522,12 @@ def boundary_maps_command(
     dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
     manifest = make_boundary_maps(dataset, run, settings, device=resolve_device(device), workers=workers,
                                   force=force)
-    metrics = manifest.get("boundary_metrics")
-    if metrics:
+    scored = manifest.get("boundary_metrics")
+    if scored and scored["threshold"] is not None:
+        metrics = scored["metrics"]
         out.print(f"{STAGE}: best F {_fmt(metrics['f'])} (precision {_fmt(metrics['precision'])}, recall "
-                  f"{_fmt(metrics['recall'])}) at threshold {metrics['threshold']:.2f}, tolerance "
-                  f"{settings.tolerance:g} px")
+                  f"{_fmt(metrics['recall'])}) at threshold {scored['threshold']:.2f}, tolerance "
+                  f"{settings.tolerance:g} px, {scored['num_images']} images")
     else:
         out.print(f"{STAGE}: wrote {manifest['items_computed']} maps (no masks to score them)")
 

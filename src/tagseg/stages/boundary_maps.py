@@ -31,7 +31,6 @@ from tagseg.stages.random_walk import image_boundary
 from tagseg.stages.train_affinity import MODEL_FILE, STAGE as TRAIN_STAGE, load_affinity_model
 
 STAGE = "boundary_maps"
-KIND = "boundary_maps"
 log = logging.getLogger(__name__)
 
 
@@ -58,7 +57,6 @@ def make_boundary_maps(dataset: Dataset, run: Path, config: BoundaryMapsConfig, 
                     "model": f"{TRAIN_STAGE}/{MODEL_FILE}", "model_digest": file_digest(model_path),
                     **dataset.identity()}
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
-        stage.record(kind=KIND)
         record_skipped(stage, dataset)
         todo = stage.pending(dataset.ids, ".png")
 
