@@ -14,7 +14,8 @@ from tagseg.artifacts import load_score_map
 from tagseg.data.dataset import open_dataset
 from tagseg.data.make_synthetic import write_synthetic_dataset
 from tagseg.pipeline import load_recipe
-from tagseg.sizing import REFERENCE_SIZE, image_pixels, input_scales, median_long_side, resolve_image_size
+from tagseg.sizing import (REFERENCE_SIZE, image_pixels, input_scales, median_long_side, odd_window,
+                           resolve_image_size)
 from tagseg.stages.make_cam import MakeCamConfig, make_cams
 from tagseg.stages.train_cam import CamTrainConfig, train_cam
 
@@ -48,6 +49,13 @@ def test_silop_recipe_maps_to_the_documented_sizes(size, cam_scales, segment_sca
     assert (crf.bilateral_sxy, crf.gaussian_sxy) == (bilateral, gaussian)
     assert configs["affinity_labels"].crf_settings.params(size).bilateral_sxy == bilateral
     assert image_pixels(50, 500) == 78.125
+
+
+def test_odd_window_is_the_nearest_odd_pixel_count():
+    """BES's window: 8.3 px of a 320 px photo is its 13 px on 500 px photos."""
+    assert [odd_window(8.3, size) for size in (320, 500, 640)] == [9, 13, 17]
+    assert odd_window(8.3, 64) == 3  # never below 3
+    assert odd_window(12.0, 320) == 13 and odd_window(11.9, 320) == 11  # a tie (12 px) goes up
 
 
 def test_explicit_image_size_wins_over_the_median(tmp_path):

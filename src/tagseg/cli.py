@@ -437,6 +437,38 @@ def affinity_labels_command(
     out.print(line)
 
 
+@app.command("boundary-labels")
+def boundary_labels_command(
+    dataset_path: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset root.")],
+    run: Annotated[Path, typer.Argument(help="Run directory with a score stage; writes RUN/boundary_labels/.")],
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    split: Annotated[str, typer.Option(help="Split to label.")] = "train",
+    workers: Workers = 2,
+    force: Force = False,
+    on_error: OnErrorOption = "stop",
+) -> None:
+    """BES boundary labels (eq. 1-3): 0 background, 1 boundary, 2 foreground, 255 ignored.
+
+    Keys: cams (source stage: make_cam or perimeterfit), fg_threshold (default: the source's
+    label-free threshold), bg_threshold (default: fg_threshold x 0.07 / 0.30), crf (true),
+    crf_settings.* (as for affinity-labels), window (8.3 px of a 320 px photo: 13 px on a 500 px one),
+    theta_scale (0.35), theta_diff (0.10), between_foregrounds (false), image_size (auto).
+    """
+    from tagseg.config import load_config
+    from tagseg.stages.boundary_labels import STAGE, BoundaryLabelsConfig, make_boundary_labels
+
+    settings = load_config(BoundaryLabelsConfig, config, overrides)
+    log_to_run(run)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
+    manifest = make_boundary_labels(dataset, run, settings, workers=workers, force=force)
+    shares = manifest["label_fractions"]
+    out.print(f"{STAGE}: window {manifest['window_pixels']} px, fg > {manifest['fg_threshold']:.3f}, background "
+              f"<= {manifest['bg_threshold']:.3f}; pixels: boundary {_fmt(shares['boundary'])}%, foreground "
+              f"{_fmt(shares['foreground'])}%, background {_fmt(shares['background'])}%, ignored "
+              f"{_fmt(shares['ignored'])}%")
+
+
 @app.command("train-affinity")
 def train_affinity_command(
     dataset_path: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset root.")],

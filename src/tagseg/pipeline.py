@@ -37,6 +37,7 @@ class StageSpec:
 
 def _specs() -> dict[str, StageSpec]:
     from tagseg.stages.affinity_labels import STAGE as AL, AffinityLabelsConfig, make_affinity_labels
+    from tagseg.stages.boundary_labels import STAGE as BL, BoundaryLabelsConfig, make_boundary_labels
     from tagseg.stages.boundary_maps import STAGE as BM, BoundaryMapsConfig, make_boundary_maps
     from tagseg.stages.make_cam import STAGE as MC, MakeCamConfig, make_cams
     from tagseg.stages.perimeterfit import STAGE as PF, PerimeterFitConfig, perimeterfit
@@ -59,6 +60,7 @@ def _specs() -> dict[str, StageSpec]:
         MC: StageSpec(MakeCamConfig, device_stage(make_cams), lambda c, r: MC),
         PF: StageSpec(PerimeterFitConfig, device_stage(perimeterfit), lambda c, r: PF),
         AL: StageSpec(AffinityLabelsConfig, cpu_stage(make_affinity_labels), lambda c, r: AL),
+        BL: StageSpec(BoundaryLabelsConfig, cpu_stage(make_boundary_labels), lambda c, r: BL),
         TA: StageSpec(AffinityTrainConfig, device_stage(train_affinity), lambda c, r: TA),
         BM: StageSpec(BoundaryMapsConfig, device_stage(make_boundary_maps), lambda c, r: BM),
         RW: StageSpec(RandomWalkConfig, device_stage(random_walk_stage), lambda c, r: RW),

@@ -8,7 +8,7 @@ Every size-dependent default is expressed for images whose long side is ``REFERE
   ``REFERENCE_SIZE / image_size``, so the networks see the same pixel sizes as in training
   whatever the photos' resolution (make_cam at 1.5-3 gives long sides of 480-960 px on
   320 px and on 640 px photos alike);
-- widths in image pixels (the dense CRF's kernels) are multiplied by
+- widths in image pixels (the dense CRF's kernels, BES's counting window) are multiplied by
   ``image_size / REFERENCE_SIZE``.
 
 Training crops need no conversion: every training stage rescales an image so that its long
@@ -63,3 +63,10 @@ def input_scales(scales, image_size: int) -> tuple[float, ...]:
 def image_pixels(width: float, image_size: int) -> float:
     """A width in pixels of a ``REFERENCE_SIZE`` image, in pixels of an ``image_size`` image."""
     return round(width * image_size / REFERENCE_SIZE, 6)
+
+
+def odd_window(width: float, image_size: int, minimum: int = 3) -> int:
+    """A window side given for a ``REFERENCE_SIZE`` image, as the nearest odd pixel count (at least
+    ``minimum``) for an ``image_size`` image: a window centred on its pixel has an odd side."""
+    pixels = image_pixels(width, image_size)
+    return max(minimum, 2 * int(np.floor((pixels - 1) / 2 + 0.5)) + 1)

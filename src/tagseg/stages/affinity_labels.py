@@ -19,6 +19,7 @@ from tagseg.artifacts import load_score_map
 from tagseg.config import CrfConfig
 from tagseg.data.dataset import Dataset
 from tagseg.data.imageio import IGNORE_INDEX, read_image, read_mask, write_mask
+from tagseg.data.imageio import image_size as image_dimensions
 from tagseg.errors import StageError
 from tagseg.progress import parallel_map
 from tagseg.refine.affinity_labels import affinity_seed_labels
@@ -48,26 +49,40 @@ class AffinityLabelsConfig(BaseModel):
         return self
 
 
-def resolve_thresholds(config: AffinityLabelsConfig, source: dict) -> tuple[float, float]:
-    fg = config.fg_threshold
+def resolve_thresholds(fg_threshold: float | None, bg_threshold: float | None, source: dict, source_name: str,
+                       stage: str, bg_fraction: float) -> tuple[float, float]:
+    """The seed thresholds: as set, else the source's label-free threshold and ``bg_fraction`` of it."""
+    fg = fg_threshold
     if fg is None:
         fg = source.get("label_free", {}).get("threshold")
         if fg is None:
-            raise StageError("affinity_labels: the source stage has no label-free threshold; set fg_threshold")
-    bg = config.bg_threshold if config.bg_threshold is not None else fg / 3
+            raise StageError(f"{stage}: the source stage '{source_name}' has no label-free threshold "
+                             "in its manifest; set fg_threshold")
+    bg = bg_threshold if bg_threshold is not None else fg * bg_fraction
     if bg > fg:
-        raise StageError(f"affinity_labels: bg_threshold {bg} is above fg_threshold {fg}")
+        raise StageError(f"{stage}: bg_threshold {bg} is above fg_threshold {fg}")
     return float(fg), float(bg)
+
+
+def seed_labels(score_path: Path, image_path: Path, fg: float, bg: float, crf_params: CrfParams | None) -> np.ndarray:
+    """One image's seeds from its score map; the image is read for the CRF, its size checked either way."""
+    scores, classes = load_score_map(score_path)
+    if crf_params is not None:
+        image = read_image(image_path)[0]
+        size = image.shape[:2]
+    else:
+        image, (width, height) = None, image_dimensions(image_path)
+        size = (height, width)
+    if tuple(size) != scores.shape[1:]:
+        raise StageError(f"{score_path}: score map is {scores.shape[1]}x{scores.shape[2]} (HxW) but image "
+                         f"{image_path} is {size[0]}x{size[1]}")
+    return affinity_seed_labels(scores, classes, fg, bg, image=image, crf_params=crf_params)
 
 
 def _seed_job(job: tuple) -> None:
     """One image (module level, so it runs in a worker process): scores -> seed PNG."""
     score_path, image_path, out_path, fg, bg, crf_params = job
-    scores, classes = load_score_map(score_path)
-    image = read_image(image_path)[0] if crf_params is not None else None
-    if image is not None and image.shape[:2] != scores.shape[1:]:
-        raise StageError(f"{score_path}: score map {scores.shape[1:]} does not match image {image_path}")
-    write_mask(out_path, affinity_seed_labels(scores, classes, fg, bg, image=image, crf_params=crf_params))
+    write_mask(out_path, seed_labels(score_path, image_path, fg, bg, crf_params))
 
 
 def make_affinity_labels(dataset: Dataset, run: Path, config: AffinityLabelsConfig, *, workers: int = 1,
@@ -75,7 +90,7 @@ def make_affinity_labels(dataset: Dataset, run: Path, config: AffinityLabelsConf
     run = Path(run)
     source = finished_stage(run, config.cams, STAGE)
     dataset = without_skipped_by(dataset, source, config.cams)
-    fg, bg = resolve_thresholds(config, source)
+    fg, bg = resolve_thresholds(config.fg_threshold, config.bg_threshold, source, config.cams, STAGE, 1 / 3)
     image_size = resolve_image_size(config.image_size, dataset)
     stage_config = {**config.model_dump(), "image_size": image_size, "source_config": source["config"],
                     **dataset.identity()}

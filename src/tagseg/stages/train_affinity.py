@@ -30,10 +30,10 @@ from tagseg.refine.random_walk import neighbor_offsets
 from tagseg.rundir import atomic_write, finished_stage, stage_dir
 from tagseg.skipping import record_skipped, without_skipped_by
 from tagseg.stages.affinity_labels import STAGE as SEED_STAGE
+from tagseg.stages.boundary_labels import STAGE as BOUNDARY_LABELS_STAGE
 from tagseg.training import build_optimizer, mean_epoch_seconds, train_epochs, training_steps
 
 STAGE = "train_affinity"
-BOUNDARY_LABELS_STAGE = "boundary_labels"
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
 log = logging.getLogger(__name__)
