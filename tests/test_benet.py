@@ -99,3 +99,65 @@ def test_train_config_picks_the_label_stage_by_kind():
     identity = AffinityTrainConfig().identity()
     assert "labels" not in identity and "freeze_backbone" not in identity  # runs made before the keys stay valid
     assert AffinityTrainConfig(freeze_backbone=False).identity()["freeze_backbone"] is False
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    from tagseg.data.make_synthetic import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synth") / "data"
+    write_synthetic_dataset(root, 6, seed=3, size=(64, 48), val_fraction=0.34)
+    return root
+
+
+def test_bes_chain_boundary_labels_benet_maps_walk(synthetic, tmp_path):
+    """boundary_labels -> train_affinity (benet) -> boundary_maps -> random_walk -> pseudo_labels, resumable."""
+    from tagseg.data.dataset import open_dataset
+    from tagseg.data.imageio import read_boundary_map
+    from tagseg.errors import DataError, StageError
+    from tagseg.stages.boundary_labels import BoundaryLabelsConfig, make_boundary_labels
+    from tagseg.stages.boundary_maps import BoundaryMapsConfig, make_boundary_maps
+    from tagseg.stages.pseudo_labels import PseudoLabelConfig, make_pseudo_labels
+    from tagseg.stages.random_walk import RandomWalkConfig, random_walk_stage
+    from tagseg.stages.train_affinity import train_affinity
+    from test_perimeterfit_stage import fake_cams
+
+    dataset = open_dataset(synthetic, "train")
+    fake_cams(dataset, tmp_path)
+    config = AffinityTrainConfig(kind="benet", epochs=2, min_steps=0, batch_size=2, crop_size=64)
+    with pytest.raises(StageError, match="boundary_labels"):
+        train_affinity(dataset, tmp_path, config)  # BENet trains on boundary labels, not on seeds
+    make_boundary_labels(dataset, tmp_path, BoundaryLabelsConfig(fg_threshold=0.9, bg_threshold=0.75, window=65.0))
+    trained = train_affinity(dataset, tmp_path, config)
+    history = trained["history"]
+    assert [h["epoch"] for h in history] == [1, 2] and np.isfinite(history[-1]["loss"])
+    assert {"boundary", "foreground", "background"} <= set(history[-1])
+
+    maps = make_boundary_maps(dataset, tmp_path, BoundaryMapsConfig())
+    scored = maps["boundary_metrics"]
+    assert scored["num_images"] == len(dataset) and 0 <= scored["metrics"]["f"] <= 1
+    for record in dataset.records:
+        boundary = read_boundary_map(tmp_path / "boundary_maps" / f"{record.id}.png")
+        assert boundary.shape == (48, 64) and 0 <= boundary.min() and boundary.max() <= 1
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "boundary_maps").glob("*.png")}
+    assert make_boundary_maps(dataset, tmp_path, BoundaryMapsConfig())["timings"]["items_computed"] == len(dataset)
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    with pytest.raises(StageError, match="different 'boundary_maps' stage config"):
+        make_boundary_maps(dataset, tmp_path, BoundaryMapsConfig(flip=False))
+
+    walk = RandomWalkConfig(beta=5, logt=4, radius=3, boundary_mask=True, normalize="global")
+    walked = random_walk_stage(dataset, tmp_path, walk)
+    assert "metrics" in walked and 0 < walked["label_free"]["threshold"] < 1
+    masks = make_pseudo_labels(dataset, tmp_path, PseudoLabelConfig(crf=False))
+    assert masks["metrics"]["miou"] > 0
+
+    affinitynet = tmp_path / "affinitynet"
+    (affinitynet / "train_affinity").mkdir(parents=True)
+    saved = torch.load(tmp_path / "train_affinity" / "model.pt", weights_only=False)
+    net = build_affinity_model("affinitynet", create_backbone("efficientnet_lite0", weights=None))
+    torch.save({"state_dict": net.state_dict(), "config": {**saved["config"], "kind": "affinitynet"}},
+               affinitynet / "train_affinity" / "model.pt")
+    with pytest.raises(StageError, match="affinitynet network, which predicts no boundary map"):
+        make_boundary_maps(dataset, affinitynet, BoundaryMapsConfig())
+    with pytest.raises(DataError, match="no trained affinity network"):
+        make_boundary_maps(dataset, tmp_path / "nothing", BoundaryMapsConfig())

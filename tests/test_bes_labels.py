@@ -17,6 +17,7 @@ from tagseg.data.make_synthetic import write_synthetic_dataset
 from tagseg.errors import ConfigError, StageError
 from tagseg.pipeline import load_recipe, run_recipe
 from tagseg.refine.affinity_labels import affinity_seed_labels
+from tagseg.refine import bes
 from tagseg.refine.bes import BACKGROUND, BOUNDARY, FOREGROUND, IGNORE, Shares, boundary_labels, class_shares
 from tagseg.rundir import read_manifest
 from tagseg.stages.boundary_labels import BoundaryLabelsConfig, make_boundary_labels
@@ -207,12 +208,13 @@ def test_config_is_validated():
         load_config(BoundaryLabelsConfig, None, ["theta_scale=0.5"])
     with pytest.raises(ConfigError, match="window"):
         load_config(BoundaryLabelsConfig, None, ["window=0"])
+    assert [bes.smallest_window(d) for d in (0.10, 0.08, 0.2, 0.3)] == [11, 13, 7, 5]  # 1 / w < theta_diff
     defaults = BoundaryLabelsConfig()
     assert (defaults.window, defaults.theta_scale, defaults.theta_diff) == (8.3, 0.35, 0.10)
     assert (defaults.cams, defaults.crf, defaults.between_foregrounds) == ("make_cam", True, False)
 
 
-def test_recipe_and_command(synthetic, tmp_path, caplog):
+def test_recipe_and_command(synthetic, tmp_path):
     from typer.testing import CliRunner
 
     from tagseg.cli import app
@@ -226,13 +228,13 @@ def test_recipe_and_command(synthetic, tmp_path, caplog):
                                           "cams": "make_cam", "fg_threshold": 0.5, "crf": False}}}))
     record = run_recipe(*load_recipe(recipe))
     assert record["stages"]["boundary_labels"]["status"] == "complete"
-    # the default 8.3 px of a 320 px photo is 3 px on these 64 px images: too small for straight edges
-    assert "in a 3 px window the shares on the two sides of a horizontal or vertical edge" in caplog.text
+    # the default 8.3 px of a 320 px photo would be 3 px on these 64 px images, too small for straight edges
+    assert read_manifest(run / "boundary_labels")["window_pixels"] == 11
     assert len(list((run / "boundary_labels").glob("*.png"))) == len(dataset)
 
     shutil.rmtree(run / "boundary_labels")
     result = CliRunner().invoke(app, ["boundary-labels", str(synthetic), str(run), "--set", "fg_threshold=0.5",
                                       "--set", "crf=false", "--set", "between_foregrounds=true", "--workers", "1"])
     assert result.exit_code == 0, result.output
-    assert "boundary_labels: window 3 px, fg > 0.500, background <= 0.117; pixels: boundary" in result.output
+    assert "boundary_labels: window 11 px, fg > 0.500, background <= 0.117; pixels: boundary" in result.output
     assert read_manifest(run / "boundary_labels")["config"]["between_foregrounds"] is True

@@ -43,7 +43,8 @@ class BoundaryLabelsConfig(BaseModel):
     crf: bool = True
     crf_settings: CrfConfig = CrfConfig()
     window: float = Field(WINDOW, gt=0, description="w of eq. 2, in pixels of a 320 px photo (the nearest odd "
-                                                    "pixel count, at least 3, for the dataset's image_size)")
+                                                    "pixel count for the dataset's image_size, but at least the "
+                                                    "smallest odd window over 1 / theta_diff)")
     theta_scale: float = Field(bes.THETA_SCALE, gt=0, lt=0.5, description="eq. 3; the authors' code uses 0.30")
     theta_diff: float = Field(bes.THETA_DIFF, gt=0, lt=1, description="eq. 3")
     between_foregrounds: bool = Field(False, description="also mark boundaries between two foreground classes")
@@ -72,12 +73,7 @@ def make_boundary_labels(dataset: Dataset, run: Path, config: BoundaryLabelsConf
     fg, bg = resolve_thresholds(config.fg_threshold, config.bg_threshold, source, config.cams, STAGE,
                                 bes.THETA_BG / bes.THETA_FG)
     image_size = resolve_image_size(config.image_size, dataset)
-    window = odd_window(config.window, image_size)
-    if 1 / window >= config.theta_diff:
-        log.warning("%s: in a %d px window the shares on the two sides of a horizontal or vertical edge differ by at "
-                    "least 1/%d >= theta_diff %.3g, so only slanted and curved edges get boundary labels; raise "
-                    "window (in pixels of a 320 px photo) so that it is over %.3g px here",
-                    STAGE, window, window, config.theta_diff, 1 / config.theta_diff)
+    window = max(odd_window(config.window, image_size), bes.smallest_window(config.theta_diff))
     stage_config = {**config.model_dump(), "image_size": image_size, "source_config": source["config"],
                     **dataset.identity()}
     crf_params: CrfParams | None = config.crf_settings.params(image_size) if config.crf else None
