@@ -151,6 +151,12 @@ def test_bes_chain_boundary_labels_benet_maps_walk(synthetic, tmp_path):
     masks = make_pseudo_labels(dataset, tmp_path, PseudoLabelConfig(crf=False))
     assert masks["metrics"]["miou"] > 0
 
+    from tagseg.report import write_report
+
+    page = write_report(tmp_path, dataset_root=synthetic, split="train", gallery_size=2).read_text()
+    assert "<h2>Boundaries</h2><p>Boundary labels: boundary" in page and "best F" in page
+    assert "_boundary_labels.png" in page and "_boundary_map.png" in page
+
     affinitynet = tmp_path / "affinitynet"
     (affinitynet / "train_affinity").mkdir(parents=True)
     saved = torch.load(tmp_path / "train_affinity" / "model.pt", weights_only=False)

@@ -21,8 +21,9 @@ import numpy as np
 from tagseg.artifacts import load_score_map
 from tagseg.classifier_check import advice, finding_lines
 from tagseg.data.dataset import open_dataset
-from tagseg.data.imageio import colorize, read_image, read_mask, write_image
+from tagseg.data.imageio import colorize, read_boundary_map, read_image, read_mask, write_image
 from tagseg.pipeline import PIPELINE_FILE
+from tagseg.refine.bes import BOUNDARY, FOREGROUND, IGNORE
 from tagseg.rundir import atomic_write_text, read_manifest
 from tagseg.skipping import skipped_in_run
 
@@ -88,6 +89,15 @@ def heatmap(scores: np.ndarray, image: np.ndarray) -> np.ndarray:
     return (0.4 * image + 0.6 * colours).astype(np.uint8)
 
 
+def boundary_label_picture(labels: np.ndarray) -> np.ndarray:
+    """BES boundary labels as grey levels: boundary white, foreground grey, background black, ignored blue."""
+    picture = np.zeros((*labels.shape, 3), np.uint8)
+    picture[labels == BOUNDARY] = 255
+    picture[labels == FOREGROUND] = 128
+    picture[labels == IGNORE] = (40, 60, 140)
+    return picture
+
+
 def gallery(run: Path, dataset, ids: list[str], out: Path, device: str = "cpu") -> list[dict]:
     """Write the gallery PNGs; returns per image the (column, file name) pairs that exist."""
     columns = []
@@ -112,6 +122,13 @@ def gallery(run: Path, dataset, ids: list[str], out: Path, device: str = "cpu") 
                 edges = run / "perimeter_slic" / f"{item_id}.png"
                 if edges.exists():
                     panels.append(("perimeter map", np.repeat((read_mask(edges, 2) * 255)[..., None], 3, axis=2)))
+        path = run / "boundary_labels" / f"{item_id}.png"
+        if path.exists():
+            panels.append(("boundary labels", boundary_label_picture(read_mask(path, FOREGROUND + 1))))
+        path = run / "boundary_maps" / f"{item_id}.png"
+        if path.exists():
+            panels.append(("boundary map", np.repeat((read_boundary_map(path) * 255).astype(np.uint8)[..., None], 3,
+                                                     axis=2)))
         for stage, title in (("affinity_labels", "seeds"), ("pseudo_labels", "pseudo-label")):
             path = run / stage / f"{item_id}.png"
             if path.exists():
@@ -125,6 +142,22 @@ def gallery(run: Path, dataset, ids: list[str], out: Path, device: str = "cpu") 
             entry["panels"].append((title, f"gallery/{name}"))
         columns.append(entry)
     return columns
+
+
+def boundary_summary(run: Path) -> str:
+    """BES boundary labels (label shares) and boundary maps (P / R / best F against the masks), when the run has them."""
+    lines = []
+    labels = (read_manifest(run / "boundary_labels") or {}).get("label_fractions")
+    if labels:
+        lines.append("<p>Boundary labels: " + ", ".join(f"{name} {_pct(share)}%" for name, share in labels.items())
+                     + " of the pixels.</p>")
+    scored = (read_manifest(run / "boundary_maps") or {}).get("boundary_metrics")
+    if scored and scored.get("threshold") is not None:
+        m = scored["metrics"]
+        lines.append(f"<p>Boundary maps against the masks' boundaries (within {scored['tolerance']:g} px): precision "
+                     f"{_pct(m['precision'])}, recall {_pct(m['recall'])}, best F {_pct(m['f'])} at threshold "
+                     f"{scored['threshold']:.2f}.</p>")
+    return "<h2>Boundaries</h2>" + "".join(lines) if lines else ""
 
 
 def alarm_box(manifest: dict) -> str:
@@ -211,6 +244,7 @@ def write_report(run: Path, upper_bound: Path | None = None, gallery_size: int =
                     f"</td><td>{label_free}</td><td>{_ratio(free_metrics.get('mfp'))} / "
                     f"{_ratio(free_metrics.get('mfn'))}</td><td>{other}</td></tr>")
     body.append("</table>")
+    body.append(boundary_summary(run))
     body.append(classifier_table(classifier))
     scored = [r for r in rows if r["metrics"].get("per_class")]
     if scored:
