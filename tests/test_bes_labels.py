@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import cv2
@@ -14,7 +15,7 @@ from tagseg.config import load_config
 from tagseg.data.dataset import open_dataset
 from tagseg.data.imageio import read_image, read_mask
 from tagseg.data.make_synthetic import write_synthetic_dataset
-from tagseg.errors import ConfigError, StageError
+from tagseg.errors import ConfigError, DataError, StageError
 from tagseg.pipeline import load_recipe, run_recipe
 from tagseg.refine.affinity_labels import affinity_seed_labels
 from tagseg.refine import bes
@@ -199,6 +200,16 @@ def test_stage_errors_name_the_problem(synthetic, tmp_path):
             make_boundary_labels(dataset, tmp_path, BoundaryLabelsConfig(crf=crf, fg_threshold=0.5), force=True)
         assert not (tmp_path / "boundary_labels" / f"{bad.id}.png").exists()
         assert read_manifest(tmp_path / "boundary_labels")["status"] == "interrupted"
+
+    other = [c for c in range(1, dataset.num_classes) if c not in bad.labels][:1]
+    save_score_map(tmp_path / "make_cam" / f"{bad.id}.npz", np.zeros((1, 48, 64), np.float32), other)
+    tags = re.escape(str(sorted(bad.labels)))
+    with pytest.raises(StageError, match=rf"{bad.id}.npz: scores for classes {re.escape(str(other))} but image "
+                                         rf"{bad.id} is tagged {tags}: the score stage was made for other tags"):
+        make_boundary_labels(dataset, tmp_path, BoundaryLabelsConfig(crf=False, fg_threshold=0.5), force=True)
+    (tmp_path / "make_cam" / f"{bad.id}.npz").unlink()
+    with pytest.raises(DataError, match=rf"make_cam/{bad.id}.npz: score map not found"):
+        make_boundary_labels(dataset, tmp_path, BoundaryLabelsConfig(crf=False, fg_threshold=0.5), force=True)
 
 
 def test_config_is_validated():

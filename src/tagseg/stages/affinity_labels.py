@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tagseg.artifacts import load_score_map
 from tagseg.config import CrfConfig
-from tagseg.data.dataset import Dataset
+from tagseg.data.dataset import Dataset, Record
 from tagseg.data.imageio import IGNORE_INDEX, read_image, read_mask, write_mask
 from tagseg.data.imageio import image_size as image_dimensions
 from tagseg.errors import StageError
@@ -64,25 +64,29 @@ def resolve_thresholds(fg_threshold: float | None, bg_threshold: float | None, s
     return float(fg), float(bg)
 
 
-def seed_labels(score_path: Path, image_path: Path, fg: float, bg: float, crf_params: CrfParams | None) -> np.ndarray:
-    """One image's seeds from its score map; the image is read for the CRF, its size checked either way."""
+def seed_labels(score_path: Path, record: Record, fg: float, bg: float, crf_params: CrfParams | None) -> np.ndarray:
+    """One image's seeds from its score map, which must cover the image's tags and size (the image is
+    read for the CRF, only its header without)."""
     scores, classes = load_score_map(score_path)
+    if sorted(classes.tolist()) != sorted(record.labels):
+        raise StageError(f"{score_path}: scores for classes {sorted(classes.tolist())} but image {record.id} is "
+                         f"tagged {sorted(record.labels)}: the score stage was made for other tags")
     if crf_params is not None:
-        image = read_image(image_path)[0]
+        image = read_image(record.image_path)[0]
         size = image.shape[:2]
     else:
-        image, (width, height) = None, image_dimensions(image_path)
+        image, (width, height) = None, image_dimensions(record.image_path)
         size = (height, width)
     if tuple(size) != scores.shape[1:]:
         raise StageError(f"{score_path}: score map is {scores.shape[1]}x{scores.shape[2]} (HxW) but image "
-                         f"{image_path} is {size[0]}x{size[1]}")
+                         f"{record.image_path} is {size[0]}x{size[1]}")
     return affinity_seed_labels(scores, classes, fg, bg, image=image, crf_params=crf_params)
 
 
 def _seed_job(job: tuple) -> None:
     """One image (module level, so it runs in a worker process): scores -> seed PNG."""
-    score_path, image_path, out_path, fg, bg, crf_params = job
-    write_mask(out_path, seed_labels(score_path, image_path, fg, bg, crf_params))
+    score_path, record, out_path, fg, bg, crf_params = job
+    write_mask(out_path, seed_labels(score_path, record, fg, bg, crf_params))
 
 
 def make_affinity_labels(dataset: Dataset, run: Path, config: AffinityLabelsConfig, *, workers: int = 1,
@@ -99,7 +103,7 @@ def make_affinity_labels(dataset: Dataset, run: Path, config: AffinityLabelsConf
         record_skipped(stage, dataset)
         stage.record(fg_threshold=fg, bg_threshold=bg)
         todo = stage.pending(dataset.ids, ".png")
-        jobs = [(run / config.cams / f"{i}.npz", dataset.record(i).image_path, stage.item_path(i, ".png"), fg, bg,
+        jobs = [(run / config.cams / f"{i}.npz", dataset.record(i), stage.item_path(i, ".png"), fg, bg,
                  crf_params) for i in todo]
         for _ in parallel_map(_seed_job, jobs, len(jobs), f"affinity labels ({len(jobs)} images)", workers,
                               processes=config.crf):

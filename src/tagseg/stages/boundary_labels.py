@@ -59,8 +59,8 @@ class BoundaryLabelsConfig(BaseModel):
 
 def _boundary_job(job: tuple) -> None:
     """One image (module level, so it runs in a worker process): scores -> seeds -> boundary label PNG."""
-    score_path, image_path, out_path, fg, bg, crf_params, num_labels, window, theta_scale, theta_diff, between = job
-    seeds = seed_labels(score_path, image_path, fg, bg, crf_params)
+    score_path, record, out_path, fg, bg, crf_params, num_labels, window, theta_scale, theta_diff, between = job
+    seeds = seed_labels(score_path, record, fg, bg, crf_params)
     shares = bes.class_shares(seeds, num_labels, window)
     write_mask(out_path, bes.boundary_labels(shares, theta_scale, theta_diff, between))
 
@@ -81,7 +81,7 @@ def make_boundary_labels(dataset: Dataset, run: Path, config: BoundaryLabelsConf
         record_skipped(stage, dataset)
         stage.record(fg_threshold=fg, bg_threshold=bg, window_pixels=window)
         todo = stage.pending(dataset.ids, ".png")
-        jobs = [(run / config.cams / f"{i}.npz", dataset.record(i).image_path, stage.item_path(i, ".png"), fg, bg,
+        jobs = [(run / config.cams / f"{i}.npz", dataset.record(i), stage.item_path(i, ".png"), fg, bg,
                  crf_params, dataset.num_classes, window, config.theta_scale, config.theta_diff,
                  config.between_foregrounds) for i in todo]
         for _ in parallel_map(_boundary_job, jobs, len(jobs), f"boundary labels ({len(jobs)} images)", workers,
