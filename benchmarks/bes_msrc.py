@@ -20,9 +20,10 @@ benchmarks/results/bes_msrc.json and a Markdown table.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
+import json
 import platform
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -95,8 +96,9 @@ def canny_maps(dataset, folder: Path, workers: int) -> None:
         pass
 
 
-def _probe(queue) -> None:
-    """In a child process: boundary labels and the BES walk on one 1000 x 750 synthetic photo."""
+def probe() -> dict:
+    """Boundary labels and the BES walk on one 1000 x 750 synthetic photo (run in a fresh process, so that
+    its peak memory is the chain's, not the benchmark's)."""
     from tagseg.data.make_synthetic import write_synthetic_dataset
     from tagseg.models.affinity import BENet
     from tagseg.models.backbones import create_backbone
@@ -107,7 +109,7 @@ def _probe(queue) -> None:
     from tagseg.stages.random_walk import image_affinities, propagate
 
     with tempfile.TemporaryDirectory() as tmp:
-        write_synthetic_dataset(Path(tmp) / "d", 1, seed=0, size=(1000, 750), val_fraction=0.0)
+        write_synthetic_dataset(Path(tmp) / "d", 2, seed=0, size=(1000, 750), val_fraction=0.5)
         dataset = open_dataset(Path(tmp) / "d", "train")
         record = dataset.records[0]
         image = read_image(record.image_path)[0]
@@ -125,19 +127,14 @@ def _probe(queue) -> None:
     affinities, boundary = image_affinities(net, image, offsets, True, "cpu")
     propagate(scores, affinities, boundary, offsets, beta=5, logt=8)
     walk = time.perf_counter() - started
-    queue.put({"image": [int(image.shape[1]), int(image.shape[0])], "boundary_pixels": int((labels == 1).sum()),
-               "synthesis_seconds": round(synthesis, 2), "walk_seconds": round(walk, 2),
-               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
+    return {"image": [int(image.shape[1]), int(image.shape[0])], "boundary_pixels": int((labels == 1).sum()),
+            "synthesis_seconds": round(synthesis, 2), "walk_seconds": round(walk, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
 def memory_probe() -> dict:
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    child = context.Process(target=_probe, args=(queue,))
-    child.start()
-    result = queue.get()
-    child.join()
-    return result
+    done = subprocess.run([sys.executable, __file__, "--probe"], check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def table(result: dict) -> str:
@@ -158,11 +155,11 @@ def table(result: dict) -> str:
               f"| boundary labels (msrc-voc train, CRF included) | {t['boundary_labels_seconds_per_image']} s / image |",
               f"| BENet training | {t['benet_seconds_per_pass']} s / pass |",
               f"| BES walk (msrc-voc train) | {t['walk_seconds_per_image']} s / image |"]
-    probe = t.get("probe")
-    if probe:
-        lines += [f"| 1000 x 750 photo: boundary labels | {probe['synthesis_seconds']} s |",
-                  f"| 1000 x 750 photo: BENet + walk (2^8 steps) | {probe['walk_seconds']} s |",
-                  f"| 1000 x 750 photo: peak memory of the process | {probe['peak_rss_mb']} MB |"]
+    measured = t.get("probe")
+    if measured:
+        lines += [f"| 1000 x 750 photo: boundary labels | {measured['synthesis_seconds']} s |",
+                  f"| 1000 x 750 photo: BENet + walk (2^8 steps) | {measured['walk_seconds']} s |",
+                  f"| 1000 x 750 photo: peak memory of the process | {measured['peak_rss_mb']} MB |"]
     return "\n".join(lines) + "\n"
 
 
@@ -175,14 +172,20 @@ def main() -> None:
     parser.add_argument("--upper-bound", type=float, help="fully supervised val mIoU (%%) for the ratio")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bes_msrc.json")
+    parser.add_argument("--no-deeplab", action="store_true", help="stop the BES run at its pseudo-labels")
+    parser.add_argument("--probe", action="store_true", help="only time the 1000 x 750 photo; print JSON")
     args = parser.parse_args()
+    if args.probe:
+        print(json.dumps(probe()))
+        return
     setup_logging()
     started = time.time()
     runs = args.runs / f"seed{args.seed}"
     stages = bes_stages()
 
     attention = runs / "attention"
-    run_variant(attention, dict(stages), args.data, args.seed)
+    run_variant(attention, {k: v for k, v in stages.items() if k in UP_TO_PSEUDO_LABELS or not args.no_deeplab},
+                args.data, args.seed)
     cam = runs / "cam"
     if args.cam_run:
         for stage in ("train_cam", "make_cam"):
@@ -232,6 +235,7 @@ def main() -> None:
     deeplab = {"val_miou": pct(final.get("miou")), "class_iou": class_iou(manifest(attention, "segment_val")),
                "upper_bound": args.upper_bound,
                "ratio": (pct(final.get("miou")) / args.upper_bound) if args.upper_bound and final else None}
+    deeplab = deeplab if final else None
     labels, walked, trained = (manifest(attention, s) for s in ("boundary_labels", "random_walk", "train_affinity"))
     timing = {"boundary_labels_seconds_per_image": round(labels["timings"]["seconds"]
                                                          / max(labels["timings"]["items_computed"], 1), 3),
