@@ -144,6 +144,14 @@ def test_bes_chain_boundary_labels_benet_maps_walk(synthetic, tmp_path):
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     with pytest.raises(StageError, match="different 'boundary_maps' stage config"):
         make_boundary_maps(dataset, tmp_path, BoundaryMapsConfig(flip=False))
+    from typer.testing import CliRunner
+
+    from tagseg.cli import app
+
+    result = CliRunner().invoke(app, ["boundary-maps", str(synthetic), str(tmp_path), "--device", "cpu",
+                                      "--set", "tolerance=3"])
+    assert result.exit_code == 0, result.output
+    assert "boundary_maps: best F" in result.output and "tolerance 3 px, 4 images" in result.output
 
     walk = RandomWalkConfig(beta=5, logt=4, radius=3, boundary_mask=True, normalize="global")
     walked = random_walk_stage(dataset, tmp_path, walk)

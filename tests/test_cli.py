@@ -26,8 +26,8 @@ def tagseg(*args, cwd=None, check=True):
 
 @pytest.mark.parametrize("command", [[], ["data"], ["data", "check"], ["data", "synth"], ["eval"], ["prior"],
                                      ["train-cam"], ["make-cam"], ["perimeter"], ["perimeterfit"], ["affinity-labels"],
-                                     ["boundary-labels"], ["train-affinity"], ["random-walk"], ["pseudo-labels"], ["train-seg"],
-                                     ["segment"], ["predict"]])
+                                     ["boundary-labels"], ["train-affinity"], ["boundary-maps"], ["random-walk"],
+                                     ["pseudo-labels"], ["train-seg"], ["segment"], ["predict"]])
 def test_every_command_has_help(command):
     result = tagseg(*command, "--help")
     assert "Usage: " in result.stdout
