@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from tagseg.data.dataset import Dataset
-from tagseg.data.imageio import read_image, write_boundary_map
-from tagseg.data.transforms import resize
+from tagseg.data.imageio import write_boundary_map
 from tagseg.errors import StageError
 from tagseg.evaluate import GroundTruth, evaluate_boundaries
 from tagseg.models.affinity import BoundaryModel
@@ -27,7 +26,7 @@ from tagseg.progress import parallel_map
 from tagseg.rundir import file_digest, stage_dir
 from tagseg.sizing import IMAGE_SIZE_HELP, ImageSize, input_scales, resolve_image_size
 from tagseg.skipping import record_skipped
-from tagseg.stages.random_walk import image_boundary
+from tagseg.stages.random_walk import image_boundary, network_input
 from tagseg.stages.train_affinity import MODEL_FILE, STAGE as TRAIN_STAGE, load_affinity_model
 
 STAGE = "boundary_maps"
@@ -61,11 +60,7 @@ def make_boundary_maps(dataset: Dataset, run: Path, config: BoundaryMapsConfig, 
         todo = stage.pending(dataset.ids, ".png")
 
         def load(item_id: str):
-            image, _ = read_image(dataset.record(item_id).image_path)
-            height, width = image.shape[:2]
-            if scale != 1.0:
-                image = resize(image, max(1, round(height * scale)), max(1, round(width * scale)))
-            return item_id, image, (height, width)
+            return item_id, *network_input(dataset.record(item_id).image_path, scale)
 
         for item_id, image, size in parallel_map(load, todo, len(todo), f"boundary maps ({len(todo)} images)",
                                                  workers):

@@ -61,6 +61,16 @@ class RandomWalkConfig(BaseModel):
                                    "from_source keeps the source's foreground area")
 
 
+def network_input(image_path: Path, scale: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """The image as the affinity net sees it (rescaled by 320 / image_size: the pixel sizes it was trained
+    on) and its original (height, width)."""
+    image, _ = read_image(image_path)
+    height, width = image.shape[:2]
+    if scale != 1.0:
+        image = resize(image, max(1, round(height * scale)), max(1, round(width * scale)))
+    return image, (height, width)
+
+
 def _batch(net: AffinityModel, image: np.ndarray, flip: bool, device: str) -> torch.Tensor:
     return to_batch([image, np.ascontiguousarray(image[:, ::-1])] if flip else [image],
                     net.backbone.mean, net.backbone.std).to(device)
@@ -127,9 +137,7 @@ def random_walk_stage(dataset: Dataset, run: Path, config: RandomWalkConfig, *, 
         todo = stage.pending(dataset.ids, ".npz")
 
         def load(item_id: str):
-            image, _ = read_image(dataset.record(item_id).image_path)
-            if scale != 1.0:  # the affinity net sees the pixel sizes it was trained on
-                image = resize(image, max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
+            image, _ = network_input(dataset.record(item_id).image_path, scale)
             return item_id, image, load_score_map(run / config.cams / f"{item_id}.npz")
 
         started = time.perf_counter()
