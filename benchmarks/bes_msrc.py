@@ -9,7 +9,9 @@ Runs under --runs (each resumable, each with the recipe it ran in ``<run>/recipe
   ``train_cam`` and ``make_cam`` have exactly these settings, linked in instead of recomputed);
 - ``irn`` and ``affinitynet``: the attention CAMs through IRN's boundary net and PSA's
   AffinityNet with the walk settings of recipes/cam_rw.yaml and recipes/silop.yaml, and the
-  same CRF as BES.
+  same CRF as BES;
+- ``benet_irn_walk``: BES's BENet (linked from ``attention``) walked with recipes/cam_rw.yaml's
+  settings, which separates the boundary net from the walk's settings.
 Boundary maps of BENet and of IRN's boundary net, and a soft Canny map of the image (the mean of
 Canny edge maps over a grid of thresholds, so a threshold on it is a choice of Canny's), are scored
 against the masks' boundaries (2 px). A child process times boundary-label synthesis and the walk
@@ -129,7 +131,18 @@ def probe() -> dict:
     walk = time.perf_counter() - started
     return {"image": [int(image.shape[1]), int(image.shape[0])], "boundary_pixels": int((labels == 1).sum()),
             "synthesis_seconds": round(synthesis, 2), "walk_seconds": round(walk, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "peak_rss_mb": peak_memory_mb()}
+
+
+def peak_memory_mb() -> float:
+    """This process's peak resident memory. Linux's VmHWM belongs to the address space, so it starts afresh
+    at exec; ru_maxrss also keeps the forking parent's peak (3 GB here), so it is only the fallback."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def memory_probe() -> dict:
@@ -206,6 +219,12 @@ def main() -> None:
                    **({"boundary_maps": {}} if kind == "boundary" else {}),
                    "random_walk": {**walk, "cams": "make_cam"}, "pseudo_labels": stages["pseudo_labels"]}
         run_variant(run, variant, args.data, args.seed)
+    crossed = runs / "benet_irn_walk"
+    for stage in ("train_cam", "make_cam", "boundary_labels", "train_affinity"):
+        link(attention / stage, crossed / stage)
+    run_variant(crossed, {**{k: stages[k] for k in ("train_cam", "make_cam", "boundary_labels", "train_affinity")},
+                          "random_walk": {**cam_rw["random_walk"], "cams": "make_cam"},
+                          "pseudo_labels": stages["pseudo_labels"]}, args.data, args.seed)
 
     def manifest(run: Path, stage: str) -> dict:
         return read_manifest(run / stage) or {}
@@ -218,6 +237,8 @@ def main() -> None:
             score_row("attention CAM + boundary exploration + dCRF (BES)", manifest(attention, "pseudo_labels")),
             score_row("attention CAM + IRN boundary-net walk", manifest(runs / "irn", "random_walk")),
             score_row("attention CAM + IRN boundary-net walk + dCRF", manifest(runs / "irn", "pseudo_labels")),
+            score_row("attention CAM + BENet, IRN walk settings", manifest(crossed, "random_walk")),
+            score_row("attention CAM + BENet, IRN walk settings + dCRF", manifest(crossed, "pseudo_labels")),
             score_row("attention CAM + AffinityNet walk", manifest(runs / "affinitynet", "random_walk")),
             score_row("attention CAM + AffinityNet walk + dCRF", manifest(runs / "affinitynet", "pseudo_labels"))]
 
