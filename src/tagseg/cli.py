@@ -452,7 +452,8 @@ def boundary_labels_command(
 
     Keys: cams (source stage: make_cam or perimeterfit), fg_threshold (default: the source's
     label-free threshold), bg_threshold (default: fg_threshold x 0.07 / 0.30), crf (true),
-    crf_settings.* (as for affinity-labels), window (8.3 px of a 320 px photo: 13 px on a 500 px one),
+    crf_settings.* (as for affinity-labels), window (8.3 px of a 320 px photo: 13 px on a 500 px one;
+    never below the smallest odd width over 1 / theta_diff, 11 px at 0.10),
     theta_scale (0.35), theta_diff (0.10), between_foregrounds (false), image_size (auto).
     """
     from tagseg.config import load_config
