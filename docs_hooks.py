@@ -1,7 +1,8 @@
 """mkdocs hooks (``hooks:`` in mkdocs.yml): the generated reference pages and benchmark tables.
 
 The pages come from :mod:`tagseg.docgen` at build time, so they always match the code and the
-committed results; ``<!-- results: NAME -->`` in a page becomes the table of
+committed results (the files committed under those names are short placeholders for readers of
+the repository); ``<!-- results: NAME -->`` in a page becomes the table of
 ``benchmarks/results/NAME.md``.
 """
 
@@ -24,6 +25,9 @@ GENERATED = {
 
 def on_files(files, config):
     for path, make in GENERATED.items():
+        stub = files.get_file_from_path(path)  # the committed placeholder that GitHub shows
+        if stub is not None:
+            files.remove(stub)
         files.append(File.generated(config, path, content=make()))
     return files
 
