@@ -185,6 +185,8 @@ def config_reference() -> str:
     from tagseg.pipeline import Recipe, _specs
 
     in_recipes = set(_specs())
+    with_set = {name.split()[-1] for name, command, _ in cli_commands()
+                if any("--set" in getattr(param, "opts", ()) for param in command.params)}
     lines = ["# Config reference", "",
              "Generated from the pydantic models when the site is built. A stage command takes these keys "
              "from `--config FILE.yaml` and `--set key=value`; a recipe takes them under "
@@ -196,6 +198,8 @@ def config_reference() -> str:
         command = stage.replace("_", "-")
         where = f"recipe key `stages.{stage}`, command `tagseg {command}`" if stage in in_recipes \
             else f"command `tagseg {command}` (not a recipe stage)"
+        if command not in with_set:
+            where += f"; the command takes these keys as its options (`tagseg {command} --help`)"
         lines += [f"## `{stage}`", "", f"{where}.", ""]
         if model.__doc__ and "A base class" not in model.__doc__:
             lines += [_text(" ".join(model.__doc__.split())), ""]
