@@ -1,4 +1,4 @@
-# Two entry points for a fresh machine: `make demo` and `make test`.
+# Two entry points for a fresh machine: `make demo` and `make test` (and `make docs` for the site).
 # Both create the virtual environment on first use; every install goes through
 # constraints.txt so torch stays the local CPU build.
 PYTHON ?= python3
@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO ?= demo
 
-.PHONY: demo test install clean-demo
+.PHONY: demo test docs install clean-demo
 
 $(BIN)/tagseg: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(BIN)/tagseg
 
 test: $(BIN)/tagseg
 	$(BIN)/python -m pytest -q
+
+# The documentation site, offline, into site/ (open site/index.html); fails on any warning.
+docs: $(BIN)/tagseg
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
 
 clean-demo:
 	rm -rf $(DEMO)

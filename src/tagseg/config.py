@@ -86,12 +86,12 @@ class CrfConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    gaussian_sxy: float = Field(3.0, gt=0)
-    gaussian_compat: float = Field(3.0, ge=0)
-    bilateral_sxy: float = Field(32.0, gt=0)
-    bilateral_srgb: float = Field(5.0, gt=0)
-    bilateral_compat: float = Field(10.0, ge=0)
-    iterations: int = Field(10, ge=1)
+    gaussian_sxy: float = Field(3.0, gt=0, description="smoothness kernel's width, px of a 320 px photo")
+    gaussian_compat: float = Field(3.0, ge=0, description="smoothness kernel's weight")
+    bilateral_sxy: float = Field(32.0, gt=0, description="appearance kernel's position width, px of a 320 px photo")
+    bilateral_srgb: float = Field(5.0, gt=0, description="appearance kernel's colour width")
+    bilateral_compat: float = Field(10.0, ge=0, description="appearance kernel's weight")
+    iterations: int = Field(10, ge=1, description="mean-field iterations")
 
     def params(self, image_size: int):
         """The CRF parameters for images whose long side is ``image_size``."""

@@ -3,7 +3,7 @@
 A pixel is background unless its best tagged-class score is above a global threshold t.
 The oracle picks t on the training masks; these rules pick it from the data alone (the stages'
 ``label_free`` methods; PerimeterFit and the walk add their own, derived from their source stage's
-threshold, in their modules; README "Benchmark: label-free thresholds" has the measurements):
+threshold, in their modules; docs/benchmarks/label-free.md has the measurements):
 
 - ``expected_iou`` (the CAM default): the t with the highest mIoU expected if every pixel's best
   score were the probability that it belongs to the class winning it. Histograms only.

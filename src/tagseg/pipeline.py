@@ -75,17 +75,17 @@ def _specs() -> dict[str, StageSpec]:
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: Path
-    run: Path
-    train_split: str = "train"
+    dataset: Path = Field(description="dataset root (VOC layout or images/ + tags CSV)")
+    run: Path = Field(description="run directory; each stage writes RUN/<stage>/")
+    train_split: str = Field("train", description="split the stages train on and process")
     eval_split: str | None = Field("val", description="held-out split: classifier mAP and the final segmentation")
-    device: str = "auto"
-    workers: int = Field(2, ge=1)
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    workers: int = Field(2, ge=1, description="parallel workers per stage (threads, or processes for the CRF stages)")
     on_error: OnError = Field("stop", description="an unreadable image stops the run (stop) or is left out (skip)")
     upper_bound_run: Path | None = Field(None, description="a fully supervised run to compare with in the report")
     image_size: ImageSize = Field("auto", description="long side (px) the stages' size-dependent settings are "
                                                       "converted for; 'auto': the train split's median long side")
-    stages: dict[str, dict] = Field(min_length=1)
+    stages: dict[str, dict] = Field(min_length=1, description="ordered mapping of stage name to that stage's keys")
 
     @field_validator("stages")
     @classmethod

@@ -38,8 +38,9 @@ class AffinityLabelsConfig(BaseModel):
     cams: str = Field("make_cam", description="the score stage to take seeds from")
     fg_threshold: float | None = Field(None, gt=0, lt=1, description="default: the source's label-free threshold")
     bg_threshold: float | None = Field(None, ge=0, lt=1, description="default: fg_threshold / 3")
-    crf: bool = True
-    crf_settings: CrfConfig = CrfConfig()
+    crf: bool = Field(True,
+                      description="snap the foreground and background seed maps to colour edges with a dense CRF (IRN)")
+    crf_settings: CrfConfig = Field(default_factory=CrfConfig, description="the dense CRF's kernels")
     image_size: ImageSize = Field("auto", description=IMAGE_SIZE_HELP)
 
     @model_validator(mode="after")

@@ -40,8 +40,8 @@ class BoundaryLabelsConfig(BaseModel):
                                        description="theta_fg of eq. 1; default: the source's label-free threshold")
     bg_threshold: float | None = Field(None, ge=0, lt=1, description="theta_bg of eq. 1; default: fg_threshold "
                                                                      "x 0.07 / 0.30 (the paper's ratio)")
-    crf: bool = True
-    crf_settings: CrfConfig = CrfConfig()
+    crf: bool = Field(True, description="snap both threshold maps of eq. 1 to colour edges with a dense CRF")
+    crf_settings: CrfConfig = Field(default_factory=CrfConfig, description="the dense CRF's kernels")
     window: float = Field(WINDOW, gt=0, description="w of eq. 2, in pixels of a 320 px photo (the nearest odd "
                                                     "pixel count for the dataset's image_size, but at least the "
                                                     "smallest odd window over 1 / theta_diff)")

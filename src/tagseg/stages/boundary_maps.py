@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 class BoundaryMapsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    flip: bool = True
+    flip: bool = Field(True, description="average each map with its mirror image's")
     image_size: ImageSize = Field("auto", description=IMAGE_SIZE_HELP)
     tolerance: float = Field(2.0, ge=0, description="px: how far a boundary pixel may be from the mask's boundary "
                                                     "and still count (scoring only)")

@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 class MakeCamConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    scales: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
-    flip: bool = True
+    scales: tuple[float, ...] = Field((0.5, 1.0, 1.5, 2.0),
+                                      description="inference scales of a 320 px photo (converted for image_size)")
+    flip: bool = Field(True, description="add each scale's mirror image")
     batch_size: int = Field(4, ge=1, description="images of the same size per forward pass")
     image_size: ImageSize = Field("auto", description=IMAGE_SIZE_HELP)
     label_free: LabelFreeMethod = Field(

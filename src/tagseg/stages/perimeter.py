@@ -33,23 +33,24 @@ log = logging.getLogger(__name__)
 class PerimeterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    variants: tuple[Variant, ...] = Field(("slic", "quickshift"), min_length=1)
+    variants: tuple[Variant, ...] = Field(("slic", "quickshift"), min_length=1,
+                                          description="pre-segmentations whose USS perimeter maps are drawn")
     max_side: int | None = Field(160, ge=16,
                                  description="USS on the image shrunk to this longer side; null = full size")
     clusters: int = Field(32, ge=2, description="q: the most clusters USS may keep")
-    iterations: int = Field(64, ge=1)
-    lr: float = Field(0.05, gt=0)
+    iterations: int = Field(64, ge=1, description="most USS training steps per image")
+    lr: float = Field(0.05, gt=0, description="USS learning rate")
     min_clusters: int = Field(20, ge=1, description="stop training once fewer clusters remain")
     layers: int = Field(2, ge=1, description="conv3x3-ReLU-BN blocks before the 1x1 classifier")
-    seed: int = 0
-    slic_segments: int = Field(1000, ge=1)
-    slic_compactness: float = Field(15.0, gt=0)
-    quickshift_kernel: float = Field(3.0, gt=0)
-    quickshift_max_dist: float = Field(6.0, gt=0)
-    quickshift_ratio: float = Field(0.29, ge=0, le=1)
-    canny_sigma: float = Field(1.0, ge=0)
-    canny_low: float = Field(50.0, ge=0)
-    canny_high: float = Field(100.0, ge=0)
+    seed: int = Field(0, description="USS weight initialisation")
+    slic_segments: int = Field(1000, ge=1, description="SLIC: about this many superpixels")
+    slic_compactness: float = Field(15.0, gt=0, description="SLIC: colour versus space balance")
+    quickshift_kernel: float = Field(3.0, gt=0, description="Quickshift: Gaussian kernel width")
+    quickshift_max_dist: float = Field(6.0, gt=0, description="Quickshift: cut-off distance between linked pixels")
+    quickshift_ratio: float = Field(0.29, ge=0, le=1, description="Quickshift: colour versus space balance (0-1)")
+    canny_sigma: float = Field(1.0, ge=0, description="Canny: Gaussian smoothing")
+    canny_low: float = Field(50.0, ge=0, description="Canny: low hysteresis threshold (gradient of 0-255 colours)")
+    canny_high: float = Field(100.0, ge=0, description="Canny: high hysteresis threshold")
     batch_size: int = Field(1, ge=1, description="same-sized images trained together (useful on GPU)")
 
 

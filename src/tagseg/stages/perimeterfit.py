@@ -40,11 +40,16 @@ class PerimeterFitConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     cams: str = Field("make_cam", description="the stage in the run whose score maps are refined")
-    perimeter: PerimeterConfig = PerimeterConfig()
-    combination: Combination = "silop"
+    perimeter: PerimeterConfig = Field(default_factory=PerimeterConfig,
+                                       description="the perimeter maps' keys, as for tagseg perimeter")
+    combination: Combination = Field("silop",
+                                     description="silop: (cam * masks + cam) / 2; product: cam * masks (Algorithm 2)")
     thresholds: dict[Variant, float] | None = Field(None, description="CAM-negative threshold per variant")
-    search: Literal["grid", "label_free"] = "grid"
-    grid: tuple[float, ...] = tuple(round(0.1 + 0.05 * k, 2) for k in range(9))
+    search: Literal["grid", "label_free"] = Field(
+        "grid", description="where thresholds is unset: grid-search the fit thresholds on the masks, or take the "
+                            "CAM's label-free threshold")
+    grid: tuple[float, ...] = Field(tuple(round(0.1 + 0.05 * k, 2) for k in range(9)),
+                                    description="fit thresholds the grid search tries")
     label_free: Literal["from_cams"] | LabelFreeMethod = Field(
         "from_cams", description="how the output's label-free background threshold is chosen (rescoring only): "
                                  "from_cams maps the CAM stage's through the combination")

@@ -41,9 +41,9 @@ class PseudoLabelConfig(BaseModel):
     scores: str = Field("random_walk", description="the score stage to turn into masks")
     threshold: Annotated[float, Field(ge=0, lt=1)] | Literal["label_free", "oracle"] = Field(
         "label_free", description="background threshold: a number in [0, 1), 'label_free' or 'oracle'")
-    crf: bool = True
+    crf: bool = Field(True, description="refine the thresholded labels with a dense CRF")
     crf_gt_prob: float = Field(0.7, gt=0, lt=1, description="CRF confidence in the input labels")
-    crf_settings: CrfConfig = CrfConfig()
+    crf_settings: CrfConfig = Field(default_factory=CrfConfig, description="the dense CRF's kernels")
     ignore_band: float = Field(0.0, ge=0, lt=1, description="best scores within this of the threshold -> 255")
     image_size: ImageSize = Field("auto", description=IMAGE_SIZE_HELP)
 

@@ -50,8 +50,8 @@ class RandomWalkConfig(BaseModel):
     cams: str = Field("make_cam", description="the score stage to propagate")
     beta: float = Field(10.0, gt=0, description="affinities are raised to this power (IRN 10, PSA 8)")
     logt: int = Field(6, ge=0, le=12, description="2^logt walk steps (IRN: 8)")
-    radius: int = Field(5, ge=2)
-    flip: bool = True
+    radius: int = Field(5, ge=2, description="affinities to neighbours within this distance (stride-4 pixels)")
+    flip: bool = Field(True, description="average the affinities of the image and its mirror image")
     boundary_mask: bool = Field(False, description="multiply scores by 1 - boundary before walking (IRN)")
     normalize: Literal["global", "per_class"] = Field(
         "per_class", description="divide the walked scores by each class's maximum, or by their overall maximum (IRN)")

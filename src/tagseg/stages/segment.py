@@ -36,10 +36,11 @@ log = logging.getLogger(__name__)
 class SegmentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    scales: tuple[float, ...] = (0.75, 1.0, 1.25)
-    flip: bool = True
-    crf: bool = False
-    crf_settings: CrfConfig = CrfConfig()
+    scales: tuple[float, ...] = Field((0.75, 1.0, 1.25),
+                                      description="inference scales of a 320 px photo (converted for image_size)")
+    flip: bool = Field(True, description="add each scale's mirror image")
+    crf: bool = Field(False, description="refine the softmax with a dense CRF before the argmax")
+    crf_settings: CrfConfig = Field(default_factory=CrfConfig, description="the dense CRF's kernels")
     image_size: ImageSize = Field("auto", description=IMAGE_SIZE_HELP)
 
     _scales = field_validator("scales")(positive_scales)

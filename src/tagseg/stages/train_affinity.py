@@ -42,24 +42,26 @@ log = logging.getLogger(__name__)
 class AffinityTrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["boundary", "affinitynet", "benet"] = "boundary"
+    kind: Literal["boundary", "affinitynet", "benet"] = Field(
+        "boundary", description="boundary (IRN boundary net), affinitynet (PSA embedding) or benet (BES)")
     labels: str | None = Field(None, description="the label stage to train on; default: affinity_labels "
                                                  "(boundary, affinitynet) or boundary_labels (benet)")
-    backbone: str = "efficientnet_lite0"
-    weights: str | None = "imagenet"
+    backbone: str = Field("efficientnet_lite0", description="as for train_cam")
+    weights: str | None = Field("imagenet", description="'imagenet', a state-dict file, or null for random init")
     freeze_backbone: bool = Field(True, description="train only the new layers (IRN, BES)")
     radius: int = Field(5, ge=2, description="pairs within this distance (stride-4 pixels) are labelled")
     epochs: int = Field(3, ge=1, description="passes over the data (see min_steps and steps)")
     steps: int | None = Field(None, ge=1, description="optimisation steps in all; overrides epochs and min_steps")
     min_steps: int = Field(120, ge=0, description="train at least this many steps")
-    batch_size: int = Field(8, ge=1)
-    crop_size: int = Field(320, ge=32)
-    scale_range: tuple[float, float] = (0.7, 1.3)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
-    seed: int = 0
+    batch_size: int = Field(8, ge=1, description="crops per step")
+    crop_size: int = Field(320, ge=32, description="square training crop side (px)")
+    scale_range: tuple[float, float] = Field((0.7, 1.3),
+                                             description="random rescale of the long side, as multiples of crop_size")
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="poly learning-rate decay either way")
+    lr: float = Field(0.1, gt=0, description="learning rate, poly decay (BES's 0.1)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(1e-4, ge=0, description="L2 weight decay")
+    seed: int = Field(0, description="data order and augmentation depend only on (seed, epoch, image)")
 
     @property
     def labels_stage(self) -> str:

@@ -49,45 +49,54 @@ class AlarmConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    min_map: float = Field(0.7, ge=0, le=1)
-    min_class_ap: float = Field(0.5, ge=0, le=1)
+    min_map: float = Field(0.7, ge=0, le=1, description="warn when the held-out mAP is below this")
+    min_class_ap: float = Field(0.5, ge=0, le=1, description="warn when a class's AP is below this")
     min_images: int = Field(10, ge=0, description="fewest training images a class should have")
 
 
 class CamTrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    backbone: str = "efficientnet_lite0"
+    backbone: str = Field(
+        "efficientnet_lite0", description="efficientnet_lite0, resnet50, resnet101, resnest50, resnest101, "
+                                          "vit_small_dino or vit_base_dino")
     weights: str | None = Field("imagenet", description="'imagenet', a state-dict file, or null for random init")
-    output_stride: Literal[8, 16] = 16
-    head: Literal["cam", "puzzle", "attention", "dilated"] = "cam"
+    output_stride: Literal[8, 16] = Field(
+        16, description="8 or 16 (CNN backbones dilate their last stages; ViTs are always 16)")
+    head: Literal["cam", "puzzle", "attention", "dilated"] = Field(
+        "cam", description="cam (GAP), puzzle (Puzzle-CAM), attention (BES attention pooling) or dilated "
+                           "(dilated blocks)")
     epochs: int = Field(5, ge=1, description="passes over the data (see min_steps and steps)")
     steps: int | None = Field(None, ge=1, description="optimisation steps in all; overrides epochs and min_steps")
     min_steps: int = Field(200, ge=0, description="train at least this many steps: a small dataset's 5 epochs are too few updates")
-    batch_size: int = Field(8, ge=1)
-    crop_size: int = Field(320, ge=32)
-    scale_range: tuple[float, float] = (0.7, 1.3)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.01, gt=0)
-    head_lr_multiplier: float = Field(10.0, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(8, ge=1, description="crops per step")
+    crop_size: int = Field(320, ge=32, description="square training crop side (px)")
+    scale_range: tuple[float, float] = Field((0.7, 1.3),
+                                             description="random rescale of the long side, as multiples of crop_size")
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="poly learning-rate decay either way")
+    lr: float = Field(0.01, gt=0, description="backbone learning rate")
+    head_lr_multiplier: float = Field(10.0, gt=0, description="new layers learn this many times faster")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(1e-4, ge=0, description="L2 weight decay")
     freeze_bn: bool = Field(True, description="keep the backbone's BatchNorm statistics fixed (small batches)")
     pool_padding: bool = Field(True, description="pool class scores over the padding of crops larger than the "
                                                  "rescaled image too (as the reference code does); false pools "
                                                  "over the real image only")
-    puzzle_alpha: float = Field(4.0, ge=0)
+    puzzle_alpha: float = Field(
+        4.0, ge=0, description="Puzzle-CAM: weight of L_re (alpha of eq. 7), ramped up over the first half of training")
     puzzle_reconstruction: Literal["tagged_logits", "tagged", "all"] = Field(
         "tagged_logits", description="L_re on the tagged classes' raw logits (the reference code's masking), "
                                      "their ReLU'd CAMs, or all classes' raw logits (eq. 6 as printed)")
-    attention_intensity: float = Field(1e-3, ge=0)
-    dilations: tuple[int, ...] = (3, 6, 9)
-    lambda_cls: float = Field(0.1, ge=0)
-    dense_at_inference: bool = False
-    seed: int = 0
+    attention_intensity: float = Field(
+        1e-3, ge=0, description="attention head: BES's k of eq. 7; the pooling is dropped at inference")
+    dilations: tuple[int, ...] = Field((3, 6, 9), description="dilated head: the dilation rates of the extra blocks")
+    lambda_cls: float = Field(0.1, ge=0, description="dilated head: weight of the CAM loss")
+    dense_at_inference: bool = Field(
+        False, description="dilated head: use the dense CAM max(M0, mean Mi) at inference instead of M0")
+    seed: int = Field(0, description="data order and augmentation depend only on (seed, epoch, image)")
     holdout_fraction: float = Field(0.1, ge=0, le=0.5, description="without an eval split: share of each class's "
                                     "images held out of training to measure mAP; 0 = none")
-    alarm: AlarmConfig = Field(default_factory=AlarmConfig)
+    alarm: AlarmConfig = Field(default_factory=AlarmConfig, description="when to warn that the classifier is weak")
 
     def identity(self) -> dict:
         """The settings that determine the trained model: other heads' keys are left out, so changing

@@ -38,24 +38,26 @@ class SegTrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     labels: str = Field("pseudo_labels", description="a mask stage of the run, or 'ground_truth'")
-    head: Literal["deeplabv3plus", "deeplabv2"] = "deeplabv3plus"
-    backbone: str = "efficientnet_lite0"
-    weights: str | None = "imagenet"
-    output_stride: Literal[8, 16] = 16
+    head: Literal["deeplabv3plus", "deeplabv2"] = Field(
+        "deeplabv3plus", description="deeplabv3plus (ASPP + decoder) or deeplabv2 (four dilated classifiers summed)")
+    backbone: str = Field("efficientnet_lite0", description="as for train_cam")
+    weights: str | None = Field("imagenet", description="'imagenet', a state-dict file, or null for random init")
+    output_stride: Literal[8, 16] = Field(16, description="8 or 16")
     epochs: int = Field(10, ge=1, description="passes over the data (see min_steps and steps)")
     steps: int | None = Field(None, ge=1, description="optimisation steps in all; overrides epochs and min_steps")
     min_steps: int = Field(400, ge=0, description="train at least this many steps")
-    batch_size: int = Field(8, ge=1)
-    crop_size: int = Field(320, ge=32)
-    scale_range: tuple[float, float] = (0.5, 1.5)
+    batch_size: int = Field(8, ge=1, description="crops per step")
+    crop_size: int = Field(320, ge=32, description="square training crop side (px)")
+    scale_range: tuple[float, float] = Field((0.5, 1.5),
+                                             description="random rescale of the long side, as multiples of crop_size")
     optimizer: Literal["adamw", "sgd"] = Field(
         "adamw", description="AdamW: SGD at DeepLab's usual rates barely learned foreground in a few hundred steps")
-    lr: float = Field(3e-4, gt=0)
-    head_lr_multiplier: float = Field(10.0, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
-    freeze_bn: bool = True
-    seed: int = 0
+    lr: float = Field(3e-4, gt=0, description="backbone learning rate (poly decay)")
+    head_lr_multiplier: float = Field(10.0, gt=0, description="new layers learn this many times faster")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(1e-4, ge=0, description="L2 weight decay")
+    freeze_bn: bool = Field(True, description="keep the backbone's BatchNorm statistics fixed (small batches)")
+    seed: int = Field(0, description="data order and augmentation depend only on (seed, epoch, image)")
 
 
 class MaskCrops(torch.utils.data.Dataset):
