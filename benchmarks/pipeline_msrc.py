@@ -3,10 +3,14 @@
     .venv/bin/python benchmarks/pipeline_msrc.py                      # silop, puzzle_affinitynet, fully_supervised
     .venv/bin/python benchmarks/pipeline_msrc.py --recipes silop --set stages.train_cam.head=cam
     .venv/bin/python benchmarks/pipeline_msrc.py --recipes silop --seed 1 --out benchmarks/results/x.json
+    .venv/bin/python benchmarks/pipeline_msrc.py --recipes cam_rw --until pseudo_labels   # no DeepLab
+    .venv/bin/python benchmarks/pipeline_msrc.py --recipes silop --long-side 640 --until pseudo_labels
 
 Each recipe runs with `tagseg run` semantics (resumable, into the recipe's run directory,
-which --runs can move). --seed N sets the seed of every stage of the recipe that has one and
-names the run ``<recipe>_seed<N>``. Writes benchmarks/results/pipeline_msrc.json and two
+which --runs can move). --long-side N runs on msrc-voc rescaled to that long side (built under
+--runs by benchmarks/size_invariance_msrc.py's rule; the run is named ``<recipe>_<N>px``).
+--seed N sets the seed of every stage of the recipe that has one and names the run
+``<recipe>_seed<N>``. --until STAGE stops after that stage. Writes benchmarks/results/pipeline_msrc.json and two
 Markdown tables: the end-to-end figures, and per score stage (CAM, PerimeterFit, walk) the
 mIoU at the oracle threshold beside the label-free threshold the recipe uses.
 """
@@ -19,6 +23,7 @@ import sys
 from pathlib import Path
 
 from common import MSRC, ROOT, class_iou, pct, write_result
+from size_invariance_msrc import rescaled_copy
 from tagseg.pipeline import load_recipe, run_recipe
 from tagseg.rundir import read_manifest
 from tagseg.runtime import setup_logging
@@ -43,21 +48,27 @@ def score_stage_row(manifest: dict) -> dict:
             "label_free_miou": pct((free.get("metrics") or {}).get("miou"))}
 
 
-def run_one(name: str, runs: Path, extra: list[str], seed: int | None = None) -> dict:
+def run_one(name: str, runs: Path, extra: list[str], seed: int | None = None, until: str | None = None,
+            long_side: int | None = None) -> dict:
     recipe_file = ROOT / "recipes" / f"{name}.yaml"
     if seed is not None:
         extra = [*seed_overrides(recipe_file, seed), *extra]
-    run = runs / (name if seed is None else f"{name}_seed{seed}")
+    data = MSRC if long_side is None else rescaled_copy(MSRC, runs / f"msrc_{long_side}", long_side)
+    run = runs / (name + ("" if long_side is None else f"_{long_side}px") + ("" if seed is None else f"_seed{seed}"))
     recipe, configs = load_recipe(recipe_file,
                                   [f"run={run}", f"upper_bound_run={runs / 'fully_supervised'}",
-                                   f"dataset={MSRC}", *extra])
+                                   f"dataset={data}", *extra])
+    if until in configs:
+        names = list(configs)
+        configs = {k: configs[k] for k in names[:names.index(until) + 1]}
     record = run_recipe(recipe, configs)
     stages = {k: v.get("seconds") for k, v in record["stages"].items()}
     pseudo = read_manifest(run / "pseudo_labels") or {}
     final = read_manifest(run / f"segment_{recipe.eval_split}") or {}
     scores = {stage: score_stage_row(read_manifest(run / stage) or {}) for stage in SCORE_STAGES
               if stage in recipe.stages}
-    return {"recipe": name, "seed": seed, "run": str(run), "overrides": extra, "score_stages": scores,
+    return {"recipe": name, "seed": seed, "long_side": long_side, "run": str(run), "overrides": extra,
+            "score_stages": scores,
             "pseudo_label_threshold": pseudo.get("threshold"),
             "pseudo_label_train_miou": pct((pseudo.get("metrics") or {}).get("miou")),
             "final_val_miou": pct((final.get("metrics") or {}).get("miou")),
@@ -66,7 +77,9 @@ def run_one(name: str, runs: Path, extra: list[str], seed: int | None = None) ->
 
 
 def label(row: dict) -> str:
-    return row["recipe"] if row.get("seed") is None else f"{row['recipe']} (seed {row['seed']})"
+    notes = [f"{row['long_side']} px"] if row.get("long_side") else []
+    notes += [] if row.get("seed") is None else [f"seed {row['seed']}"]
+    return row["recipe"] + (f" ({', '.join(notes)})" if notes else "")
 
 
 def table(rows: list[dict], upper: float | None) -> str:
@@ -76,7 +89,8 @@ def table(rows: list[dict], upper: float | None) -> str:
         ratio = f"{r['final_val_miou'] / upper:.1%}" if upper and r["final_val_miou"] is not None else "-"
         total = sum(v or 0 for v in r["stage_seconds"].values())
         pseudo = "-" if r["pseudo_label_train_miou"] is None else f"{r['pseudo_label_train_miou']:.1f}"
-        lines.append(f"| {label(r)} | {pseudo} | {r['final_val_miou']:.1f} | {ratio} | {total / 60:.1f} min |")
+        final = "-" if r["final_val_miou"] is None else f"{r['final_val_miou']:.1f}"
+        lines.append(f"| {label(r)} | {pseudo} | {final} | {ratio} | {total / 60:.1f} min |")
     lines += ["", "| recipe | score stage | oracle t | oracle mIoU | label-free rule | label-free t | "
                   "label-free mIoU | gap |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -98,6 +112,9 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench_pipeline")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[],
                         help="recipe overrides KEY=VALUE applied to every recipe but fully_supervised")
+    parser.add_argument("--until", help="last stage to run (e.g. pseudo_labels: no DeepLab); recipes without it "
+                                        "run whole")
+    parser.add_argument("--long-side", type=int, help="run on msrc-voc rescaled to this long side")
     parser.add_argument("--seed", type=int, help="seed of every seeded stage; the run is <recipe>_seed<N>")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline_msrc.json")
     args = parser.parse_args()
@@ -105,7 +122,8 @@ def main() -> None:
     previous = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
     rows = {label(r): r for r in previous["rows"]}
     for name in args.recipes:
-        row = run_one(name, args.runs, [] if name == "fully_supervised" else args.overrides, args.seed)
+        row = run_one(name, args.runs, [] if name == "fully_supervised" else args.overrides, args.seed, args.until,
+                      args.long_side)
         rows[label(row)] = row
         print(f"{label(row)}: {row['final_val_miou']}", file=sys.stderr)
         upper = rows.get("fully_supervised", {}).get("final_val_miou")

@@ -87,7 +87,8 @@ def test_label_free_and_fixed_thresholds(synthetic, tmp_path):
     masked = perimeterfit(dataset, tmp_path, config(search="label_free", label_free="masking"))
     assert masked["label_free"]["method"] == "otsu" and "train_cam/model.pt" in masked["label_free"]["note"]
     assert masked["timings"]["items_computed"] == len(dataset)
-    assert set(manifest["thresholds"].values()) == {manifest["thresholds"]["slic"]}
+    # the fit uses the threshold the output is judged at, not the CAM's own (which made it a no-op)
+    assert manifest["thresholds"] == {"slic": free["threshold"], "quickshift": free["threshold"]}
     shutil.copytree(tmp_path / "make_cam", tmp_path / "fixed" / "make_cam")
     fixed = perimeterfit(dataset, tmp_path / "fixed", config(thresholds={"slic": 0.2, "quickshift": 0.4}))
     assert fixed["thresholds"] == {"slic": 0.2, "quickshift": 0.4} and fixed["threshold_choice"] == "config"
@@ -153,3 +154,21 @@ def test_label_free_threshold_from_the_cams_follows_the_combination(tmp_path):
     assert from_cams(cams, tmp_path, None, "silop") == {"method": "from_cams", "threshold": 0.18,
                                                         "cams_threshold": 0.36}
     assert from_cams(cams, tmp_path, None, "product")["threshold"] == 0.36
+
+
+def test_fitting_at_the_output_threshold_grows_cams_to_whole_regions():
+    """CAM threshold 0.36, so the label-free fit and output threshold is 0.18 (silop halves the
+    scores the fit drops). Left of the edge every pixel scores above 0.18: the whole region passes,
+    where the CAM alone passes one pixel. Right of it one pixel is below 0.18: the region is dropped,
+    its scores halved, and only the pixel the CAM already passes stays positive."""
+    from tagseg.refine.perimeterfit import perimeter_regions
+    from tagseg.stages.perimeterfit import refine
+
+    cam = np.array([[[0.40, 0.25, 0.20, 0.30, 0.10, 0.30, 0.50]]], np.float32)
+    edge = np.array([[False, False, False, True, False, False, False]])
+    refined = refine(cam, {"slic": perimeter_regions(edge)}, {"slic": 0.18}, "silop")
+    assert (refined[0, 0] > 0.18).tolist() == [True, True, True, True, False, False, True]
+    assert (cam[0, 0] > 0.36).tolist() == [True, False, False, False, False, False, True]
+    # fitting at the CAM's own threshold instead reproduces the CAM exactly
+    same = refine(cam, {"slic": perimeter_regions(edge)}, {"slic": 0.36}, "silop")
+    assert ((same > 0.18) == (cam > 0.36)).all()

@@ -4,8 +4,10 @@ Reads a CAM stage (``<run>/make_cam/`` by default) and the perimeter maps (compu
 when missing), and writes ``<run>/perimeterfit/<id>.npz`` in the CAM format, so every later
 stage takes either. Each variant (SLIC, Quickshift) has its own CAM-negative threshold.
 They come from the config, from SILOP's grid search on the training masks (``search:
-grid``), or without ground truth from the CAM's label-free threshold (``search:
-label_free``, also the fallback when the dataset has no masks).
+grid``), or without ground truth (``search: label_free``, also the fallback when the dataset
+has no masks): the threshold the output is judged at, i.e. the CAM's label-free threshold
+mapped through the combination (:func:`from_cams`), so that a region is kept exactly when
+every pixel of it would pass on its own.
 """
 
 from __future__ import annotations
@@ -156,7 +158,9 @@ def from_cams(cam_manifest: dict, cam_dir: Path, dataset: Dataset, combination: 
     """The output's label-free threshold that judges a pixel the fit did not keep exactly as the CAM
     stage's label-free threshold does: the combination halves those pixels' scores (``silop``), so
     half the CAM's threshold; ``product`` keeps the scores it keeps, so the CAM's threshold itself.
-    Pixels the fit keeps then need half the CAM's evidence (``silop``)."""
+    Pixels the fit keeps then need half the CAM's evidence (``silop``). ``search: label_free`` also
+    fits at this threshold: fitting at the CAM's own one would keep only regions whose pixels all
+    pass it already, and the ``silop`` output would equal the CAM."""
     cams = (cam_manifest.get("label_free") or {}).get("threshold")
     if cams is None:
         cams = otsu_of(cam_dir, dataset.ids, workers)
@@ -181,10 +185,8 @@ def _choose_thresholds(dataset: Dataset, cam_dir: Path, perimeter_dirs: dict[str
         if config.search == "grid":
             log.warning("perimeterfit: %s has no masks for a grid search; using the label-free threshold",
                         dataset.root)
-        free = (read_manifest(cam_dir) or {}).get("label_free", {}).get("threshold")
-        if free is None:
-            free = otsu_of(cam_dir, dataset.ids, workers)
-        thresholds, how = {v: float(free) for v in variants}, "label_free"
+        free = from_cams(read_manifest(cam_dir) or {}, cam_dir, dataset, config.combination, workers)["threshold"]
+        thresholds, how = {v: free for v in variants}, "label_free"
     log.info("perimeterfit: thresholds %s (%s)", thresholds, how)
     stage.record(thresholds=thresholds, threshold_choice=how)
     return thresholds
