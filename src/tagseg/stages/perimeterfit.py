@@ -48,8 +48,8 @@ class PerimeterFitConfig(BaseModel):
                                      description="silop: (cam * masks + cam) / 2; product: cam * masks (Algorithm 2)")
     thresholds: dict[Variant, float] | None = Field(None, description="CAM-negative threshold per variant")
     search: Literal["grid", "label_free"] = Field(
-        "grid", description="where thresholds is unset: grid-search the fit thresholds on the masks, or take the "
-                            "CAM's label-free threshold")
+        "grid", description="where thresholds is unset: grid-search the fit thresholds on the masks, or fit at "
+                            "the output's label-free threshold (the CAM's mapped through the combination)")
     grid: tuple[float, ...] = Field(tuple(round(0.1 + 0.05 * k, 2) for k in range(9)),
                                     description="fit thresholds the grid search tries")
     label_free: Literal["from_cams"] | LabelFreeMethod = Field(
