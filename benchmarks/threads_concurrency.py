@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from common import ROOT, write_result
@@ -28,33 +27,15 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 
 
 def worker(threads: int | None, steps: int, batch: int, crop: int) -> None:
-    """Run ``steps`` timed training steps after one warm-up; print seconds per step as JSON."""
+    """Time ``steps`` DeepLabV2 training steps (channels-last, after a warm-up) under the thread budget
+    ``threads``; print seconds per step as JSON."""
     import torch
-    import torch.nn.functional as F
 
-    from tagseg.models.backbones import create_backbone
-    from tagseg.models.segmentation import build_segmentation_net
+    from deeplab_step import step_seconds
     from tagseg.threads import set_threads
 
     set_threads(threads)
-    torch.manual_seed(0)
-    net = build_segmentation_net("deeplabv2", create_backbone(weights=None), num_classes=15).train()
-    net = net.to(memory_format=torch.channels_last)
-    images = torch.randn(batch, 3, crop, crop).contiguous(memory_format=torch.channels_last)
-    masks = torch.randint(0, 15, (batch, crop, crop))
-    optimizer = torch.optim.AdamW(net.parameters(), 1e-4)
-
-    def step() -> None:
-        loss = F.cross_entropy(net(images), masks)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    print(json.dumps({"seconds_per_step": (time.perf_counter() - start) / steps,
+    print(json.dumps({"seconds_per_step": step_seconds("deeplabv2", True, batch, crop, steps),
                       "torch_threads": torch.get_num_threads()}))
 
 
