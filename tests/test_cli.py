@@ -53,6 +53,14 @@ def test_synth_check_prior_eval_on_synthetic_data(tmp_path):
     assert (tmp_path / "run" / "tagseg.log").exists()
 
 
+def test_synth_object_size_is_recorded_and_validated(tmp_path):
+    data = tmp_path / "data"
+    tagseg("data", "synth", data, "--count", 4, "--width", 64, "--height", 48, "--object-size", 0.3, 0.6)
+    assert json.loads((data / "synthetic.json").read_text())["config"]["object_size"] == [0.3, 0.6]
+    bad = tagseg("data", "synth", tmp_path / "bad", "--count", 4, "--object-size", 0.6, 0.3, check=False)
+    assert bad.returncode != 0 and "object_size" in bad.stderr and not (tmp_path / "bad").exists()
+
+
 def test_eval_ground_truth_against_itself_is_100(make_voc, tmp_path):
     root = make_voc()
     result = tagseg("eval", root / "SegmentationClass", root, "--json", tmp_path / "e.json")

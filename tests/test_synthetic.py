@@ -123,8 +123,23 @@ def test_objects_keep_a_visible_share(samples) -> None:
             assert np.count_nonzero(mask == cls) >= 4, f"sample {index} class {cls}"
 
 
+def test_object_size_scales_the_objects() -> None:
+    """Larger ``object_size`` bounds give larger objects; a single object covers its share of the frame."""
+
+    def mean_area(object_size: tuple[float, float]) -> float:
+        masks = [generate_sample(i, size=(96, 72), max_objects=1, object_size=object_size)[1] for i in range(30)]
+        return float(np.mean([np.count_nonzero(mask) / mask.size for mask in masks]))
+
+    small, large = mean_area((0.15, 0.2)), mean_area((0.6, 0.7))
+    assert large > 4 * small
+    assert generate_sample(0, object_size=(0.3, 0.6))[0].shape == generate_sample(0)[0].shape
+
+
 def test_invalid_arguments() -> None:
     with pytest.raises(ValueError):
         generate_sample(0, max_objects=0)
     with pytest.raises(ValueError):
         generate_sample(0, size=(16, 16))
+    for bad in ((0.0, 0.5), (0.6, 0.3), (0.5, 1.5)):
+        with pytest.raises(ValueError, match="object_size"):
+            generate_sample(0, object_size=bad)

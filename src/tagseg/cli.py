@@ -113,6 +113,8 @@ def data_synth(
     height: Annotated[int, typer.Option(min=32, help="Image height.")] = 120,
     val_fraction: Annotated[float, typer.Option(min=0.01, max=0.99, help="Share of images in val.")] = 0.25,
     max_objects: Annotated[int, typer.Option(min=1, help="Most objects per image.")] = 3,
+    object_size: Annotated[tuple[float, float], typer.Option(
+        help="Smallest and largest object, as fractions of the short image side.")] = (0.15, 0.45),
     seed: Seed = 0,
     workers: Workers = 2,
     force: Force = False,
@@ -121,7 +123,7 @@ def data_synth(
     from tagseg.data.make_synthetic import write_synthetic_dataset
 
     summary = write_synthetic_dataset(out_dir, count, seed, (width, height), val_fraction, max_objects,
-                                      workers=workers, force=force)
+                                      object_size, workers=workers, force=force)
     out.print(f"{out_dir}: {summary['images']} images ({summary['generated_now']} generated now), "
               f"splits {summary['splits']}")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tagseg.data.imageio import IGNORE_INDEX, read_mask, write_image, write_mask
-from tagseg.data.synthetic import SYNTHETIC_CLASSES, generate_sample
+from tagseg.data.synthetic import DEFAULT_OBJECT_SIZE, SYNTHETIC_CLASSES, generate_sample
 from tagseg.progress import parallel_map
 from tagseg.rundir import ArtifactDir, atomic_write_text
 
@@ -24,15 +24,20 @@ def synthetic_id(index: int) -> str:
 
 
 def write_synthetic_dataset(out: Path, count: int, seed: int = 0, size: tuple[int, int] = (160, 120),
-                            val_fraction: float = 0.25, max_objects: int = 3, *, workers: int = 1,
+                            val_fraction: float = 0.25, max_objects: int = 3,
+                            object_size: tuple[float, float] = DEFAULT_OBJECT_SIZE, *, workers: int = 1,
                             force: bool = False) -> dict:
     """Generate ``count`` images into ``out``; the last ``val_fraction`` of them form the val split."""
     if count < 2:
         raise ValueError("count must be at least 2 (one train and one val image)")
     if not 0.0 < val_fraction < 1.0:
         raise ValueError("val_fraction must be between 0 and 1")
+    if not 0 < object_size[0] <= object_size[1] <= 1:
+        raise ValueError(f"object_size must satisfy 0 < min <= max <= 1, got {tuple(object_size)}")
     config = {"count": count, "seed": seed, "size": list(size), "val_fraction": val_fraction,
               "max_objects": max_objects}
+    if tuple(object_size) != DEFAULT_OBJECT_SIZE:  # datasets written before the setting existed stay valid
+        config["object_size"] = list(object_size)
     out = Path(out)
     with ArtifactDir(out, "synthetic dataset", config, force=force, manifest_name=MANIFEST) as directory:
         indices = range(count)
@@ -40,7 +45,8 @@ def write_synthetic_dataset(out: Path, count: int, seed: int = 0, size: tuple[in
                                             and directory.item_path(synthetic_id(i), ".jpg", "JPEGImages").exists())]
 
         def make(index: int) -> None:
-            image, mask = generate_sample(index, seed=seed, size=size, max_objects=max_objects)
+            image, mask = generate_sample(index, seed=seed, size=size, max_objects=max_objects,
+                                          object_size=tuple(object_size))
             write_image(directory.item_path(synthetic_id(index), ".jpg", "JPEGImages"), image)
             write_mask(directory.item_path(synthetic_id(index), ".png", "SegmentationClass"), mask)
 

@@ -36,7 +36,7 @@ WATER_CLASS = "boat"
 
 _BOAT_INDEX = SYNTHETIC_CLASSES.index(WATER_CLASS)
 # Object size (longest extent) as a fraction of the short image side.
-_SIZE_RANGE = (0.15, 0.45)
+DEFAULT_OBJECT_SIZE = (0.15, 0.45)
 _MIN_OBJECT_SIZE_PX = 6.0
 # Every placed object keeps at least this fraction of its own area visible,
 # so the tags read from the mask equal the set of placed objects.
@@ -431,19 +431,23 @@ def _place(rng: np.random.Generator, obj: _Object, size: float, w: int, h: int,
 
 
 def generate_sample(index: int, seed: int = 0, size: tuple[int, int] = (160, 120),
-                    max_objects: int = 3) -> tuple[np.ndarray, np.ndarray]:
+                    max_objects: int = 3,
+                    object_size: tuple[float, float] = DEFAULT_OBJECT_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(image, mask)`` for sample ``index`` of the synthetic dataset ``seed``.
 
     ``image`` is uint8 HxWx3 RGB, ``mask`` is uint8 HxW holding indices into
     ``SYNTHETIC_CLASSES``; ``size`` is ``(width, height)``.  The result depends only
     on ``(seed, index)`` and the arguments, so samples can be generated lazily and
     in parallel.  The set of non-zero mask values is exactly the image's tag set.
+    ``object_size`` bounds each object's longest extent as fractions of the short side.
     """
     w, h = int(size[0]), int(size[1])
     if min(w, h) < _MIN_IMAGE_SIDE:
         raise ValueError(f"image sides must be >= {_MIN_IMAGE_SIDE}, got size={size}")
     if max_objects < 1:
         raise ValueError(f"max_objects must be >= 1, got {max_objects}")
+    if not 0 < object_size[0] <= object_size[1] <= 1:
+        raise ValueError(f"object_size must satisfy 0 < min <= max <= 1, got {object_size}")
     rng = np.random.default_rng([seed, index])
     yy, xx = np.indices((h, w), dtype=np.float32)
     grid = (yy, xx)
@@ -460,7 +464,7 @@ def generate_sample(index: int, seed: int = 0, size: tuple[int, int] = (160, 120
     areas: list[int] = []
     short_side = min(w, h)
     for cls in classes:
-        obj_size = max(rng.uniform(*_SIZE_RANGE) * short_side, _MIN_OBJECT_SIZE_PX)
+        obj_size = max(rng.uniform(*object_size) * short_side, _MIN_OBJECT_SIZE_PX)
         obj = _MAKERS[int(cls)](rng, obj_size)
         for _ in range(_PLACEMENT_TRIES):
             cx, cy = _place(rng, obj, obj_size, w, h, surface)
