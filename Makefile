@@ -16,7 +16,7 @@ $(BIN)/tagseg: pyproject.toml constraints.txt
 install: $(BIN)/tagseg
 
 demo: $(BIN)/tagseg
-	$(BIN)/tagseg data synth $(DEMO)/data --count 200
+	$(BIN)/tagseg data synth $(DEMO)/data --count 200 --max-objects 2 --object-size 0.3 0.6
 	$(BIN)/tagseg data check $(DEMO)/data
 	$(BIN)/tagseg run recipes/demo_silop.yaml --set dataset=$(DEMO)/data --set run=$(DEMO)/run \
 		--set upper_bound_run=$(DEMO)/run_fully_supervised
