@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO ?= demo
 
-.PHONY: demo test docs install clean-demo
+.PHONY: demo test docs install clean-demo readme-picture
 
 $(BIN)/tagseg: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: $(BIN)/tagseg
 	$(BIN)/tagseg run recipes/demo_fully_supervised.yaml --set dataset=$(DEMO)/data \
 		--set run=$(DEMO)/run_fully_supervised
 	$(BIN)/tagseg report $(DEMO)/run
+
+# The README's picture (docs/images/demo_overview.png): the demo report's overview.png in 256 colours.
+readme-picture: $(DEMO)/run/report/overview.png
+	$(BIN)/python -c "import sys; from PIL import Image; Image.open(sys.argv[1]).convert('P', palette=Image.ADAPTIVE).save(sys.argv[2], optimize=True)" $< docs/images/demo_overview.png
 
 test: $(BIN)/tagseg
 	$(BIN)/python -m pytest -q
