@@ -72,3 +72,27 @@ def make_folder(tmp_path):
         return root
 
     return build
+
+
+@pytest.fixture
+def interrupted(monkeypatch):
+    """``interrupted(train_stage, *args, **kwargs)`` runs a training stage and kills it (KeyboardInterrupt)
+    right after its first pass's checkpoint, as Ctrl-C would; the stage is left to resume."""
+    from tagseg.rundir import ArtifactDir
+
+    original = ArtifactDir.record
+
+    def killed_after_first_pass(self, items_computed=0, **fields):
+        original(self, items_computed, **fields)
+        if len(fields.get("history", [])) == 1:
+            raise KeyboardInterrupt
+
+    def run(train_stage, *args, **kwargs):
+        monkeypatch.setattr(ArtifactDir, "record", killed_after_first_pass)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                train_stage(*args, **kwargs)
+        finally:
+            monkeypatch.setattr(ArtifactDir, "record", original)
+
+    return run

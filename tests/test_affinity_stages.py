@@ -128,9 +128,7 @@ def test_chain_runs_end_to_end_and_resumes(synthetic, tmp_path):
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
 
 
-def test_affinity_training_resumes_exactly(synthetic, tmp_path, monkeypatch):
-    from tagseg.rundir import ArtifactDir
-
+def test_affinity_training_resumes_exactly(synthetic, tmp_path, interrupted):
     dataset = open_dataset(synthetic, "train")
     fake_cams(dataset, tmp_path)
     with pytest.raises(StageError, match="no label-free threshold"):
@@ -143,17 +141,7 @@ def test_affinity_training_resumes_exactly(synthetic, tmp_path, monkeypatch):
         (whole / name).symlink_to(tmp_path / name)
     train_affinity(dataset, whole, config)
 
-    original_record = ArtifactDir.record
-
-    def killed_after_first_epoch(self, items_computed=0, **fields):
-        original_record(self, items_computed, **fields)
-        if len(fields.get("history", [])) == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(ArtifactDir, "record", killed_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train_affinity(dataset, tmp_path, config)
-    monkeypatch.setattr(ArtifactDir, "record", original_record)
+    interrupted(train_affinity, dataset, tmp_path, config)
     train_affinity(dataset, tmp_path, config)
     first = torch.load(whole / "train_affinity" / "model.pt", weights_only=False)["state_dict"]
     second = torch.load(tmp_path / "train_affinity" / "model.pt", weights_only=False)["state_dict"]

@@ -12,7 +12,6 @@ from tagseg.data.make_synthetic import write_synthetic_dataset
 from tagseg.errors import ConfigError
 from tagseg.label_free import GRID
 from tagseg.metrics import ConfusionMatrix
-from tagseg.rundir import ArtifactDir
 from tagseg.stages.make_cam import MakeCamConfig, make_cams
 from tagseg.stages.train_cam import CamTrainConfig, train_cam
 
@@ -34,24 +33,14 @@ def synthetic_128(tmp_path_factory):
     return root
 
 
-def test_resume_reproduces_an_uninterrupted_run(synthetic, tmp_path, monkeypatch):
+def test_resume_reproduces_an_uninterrupted_run(synthetic, tmp_path, interrupted):
     dataset = open_dataset(synthetic, "train")
     config = CamTrainConfig(**TINY, weights=None)
     train_cam(dataset, tmp_path / "whole", config)
 
-    original_record = ArtifactDir.record
-
-    def killed_after_first_checkpoint(self, items_computed=0, **fields):
-        original_record(self, items_computed, **fields)
-        if len(fields.get("history", [])) == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(ArtifactDir, "record", killed_after_first_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
-        train_cam(dataset, tmp_path / "split", config)
+    interrupted(train_cam, dataset, tmp_path / "split", config)
     assert (tmp_path / "split" / "train_cam" / "checkpoint.pt").exists()
     assert not (tmp_path / "split" / "train_cam" / "model.pt").exists()
-    monkeypatch.setattr(ArtifactDir, "record", original_record)
     manifest = train_cam(dataset, tmp_path / "split", config)
     assert [h["epoch"] for h in manifest["history"]] == [1, 2]
 
