@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -75,9 +76,12 @@ class Backbone(nn.Module):
         cfg = model.pretrained_cfg
         self.mean: tuple[float, float, float] = tuple(float(v) for v in cfg["mean"])
         self.std: tuple[float, float, float] = tuple(float(v) for v in cfg["std"])
+        self._taps: list[tuple[Tensor, list[Tensor]]] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) normalised RGB -> (B, out_channels, H/stride, W/stride)."""
+        if self._taps is not None:
+            return self.forward_levels(x)[0]
         features = self.model.forward_features(x)
         return self._token_grid(features, x) if self._is_vit else features
 
@@ -86,7 +90,19 @@ class Backbone(nn.Module):
         final, levels = self.model.forward_intermediates(x, indices=self._level_indices)
         if self._is_vit:
             final = self._token_grid(final, x)
+        if self._taps is not None:
+            self._taps.append((final, list(levels)))
         return final, list(levels)
+
+    @contextmanager
+    def recording(self) -> Iterator[list[tuple[Tensor, list[Tensor]]]]:
+        """Inside the block every pass also keeps (final map, levels), in call order: a training branch
+        reads the levels of the head's own pass instead of running the backbone a second time."""
+        self._taps = taps = []
+        try:
+            yield taps
+        finally:
+            self._taps = None
 
     def _token_grid(self, tokens: Tensor, x: Tensor) -> Tensor:
         """ViT tokens (B, prefix + h*w, C) -> patch tokens as a (B, C, h, w) map."""

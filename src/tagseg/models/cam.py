@@ -7,6 +7,10 @@ it differs, :meth:`CamNet.cams` (inference):
 - ``puzzle``: Puzzle-CAM, 2x2 tiles whose merged CAMs must match the full image's.
 - ``attention``: BES attention pooling (eq. 6-8) instead of GAP; dropped at inference.
 - ``dilated``: a standard block and D dilated blocks; dense CAM M = max(M0, mean Mi).
+- ``seam``: SEAM's equivariant attention (:mod:`tagseg.models.seam`).
+
+Any head can train with the structure-aware smoothing branch (:mod:`tagseg.models.smoothing`),
+which reads the head's CAM through :meth:`CamNet.classify` and is dropped at inference.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch.nn.functional as F
 from tagseg import losses
 from tagseg.models.backbones import Backbone
 
-HEADS = ("cam", "puzzle", "attention", "dilated")
+HEADS = ("cam", "puzzle", "attention", "dilated", "seam")
 RECONSTRUCTIONS = ("tagged", "tagged_logits", "all")  # which CAMs Puzzle-CAM's L_re compares
 
 
@@ -67,9 +71,13 @@ class CamNet(nn.Module):
         """Layers trained from scratch (they get the larger learning rate)."""
         return [self.classifier]
 
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """The backbone's final map -> raw CAM logits (B, K, h, w)."""
+        return self.classifier(features)
+
     def cams(self, images: torch.Tensor) -> torch.Tensor:
         """Raw CAM logits (B, K, h, w) used at inference."""
-        return self.classifier(self.backbone(images))
+        return self.classify(self.backbone(images))
 
     def class_scores(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Image-level logits (B, K), as pooled in training (over the ``valid`` pixels only when given)."""
@@ -156,9 +164,10 @@ class DilatedCamNet(CamNet):
         features = self.backbone(images)
         return self.standard(features), [block(features) for block in self.dilated]
 
-    def cams(self, images):
-        standard, dilated = self._all_cams(images)
-        return losses.dense_cam(standard, dilated) if self.dense_at_inference else standard
+    def classify(self, features):
+        if not self.dense_at_inference:
+            return self.standard(features)
+        return losses.dense_cam(self.standard(features), [block(features) for block in self.dilated])
 
     def class_scores(self, images, valid=None):
         return global_average(self._all_cams(images)[0], valid)
@@ -173,7 +182,8 @@ class DilatedCamNet(CamNet):
 def build_cam_net(head: str, backbone: Backbone, num_classes: int, *, puzzle_alpha: float = 4.0,
                   puzzle_reconstruction: str = "tagged_logits", attention_intensity: float = 1e-3,
                   dilations=(3, 6, 9), dilated_hidden: int = 512,
-                  lambda_cls: float = 0.1, dense_at_inference: bool = False) -> CamNet:
+                  lambda_cls: float = 0.1, dense_at_inference: bool = False, seam_scale: float = 0.3,
+                  seam_top_fraction: float = 0.2) -> CamNet:
     if head == "cam":
         return CamNet(backbone, num_classes)
     if head == "puzzle":
@@ -182,6 +192,10 @@ def build_cam_net(head: str, backbone: Backbone, num_classes: int, *, puzzle_alp
         return AttentionCamNet(backbone, num_classes, attention_intensity)
     if head == "dilated":
         return DilatedCamNet(backbone, num_classes, dilations, dilated_hidden, lambda_cls, dense_at_inference)
+    if head == "seam":
+        from tagseg.models.seam import SeamCamNet  # seam builds on this module's CamNet
+
+        return SeamCamNet(backbone, num_classes, seam_scale, seam_top_fraction)
     raise ValueError(f"unknown CAM head {head!r} (choose from {', '.join(HEADS)})")
 
 
