@@ -282,13 +282,17 @@ def train_cam_command(
     force: Force = False,
     on_error: OnErrorOption = "stop",
 ) -> None:
-    """Train the multi-label classifier from tags (CAM, Puzzle-CAM, attention pooling or dilated blocks).
+    """Train the multi-label classifier from tags (CAM, Puzzle-CAM, attention pooling, dilated blocks or SEAM).
 
-    Keys (set in --config YAML or with --set): backbone, weights, head (cam|puzzle|attention|dilated),
+    Keys (set in --config YAML or with --set): backbone, weights, head (cam|puzzle|attention|dilated|seam),
     epochs (5), min_steps (200), steps (null: epochs passes, at least min_steps), batch_size, crop_size, scale_range,
     optimizer (sgd|adamw), lr, head_lr_multiplier,
     momentum, weight_decay, freeze_bn, puzzle_alpha, attention_intensity, dilations, lambda_cls,
-    dense_at_inference, seed, holdout_fraction (0.1: without an eval split, that share of each class's
+    dense_at_inference, seam_scale (0.3), seam_top_fraction (0.2), init (a trained model.pt to fine-tune),
+    smoothing.boundaries (an earlier run's label PNGs: turns on the structure-aware smoothing branch, any
+    head), smoothing.lambda_boundary (0.05), smoothing.lambda_smooth (1.0), smoothing.alpha (10),
+    smoothing.lambda_s (10), smoothing.lambda_s_on (second|first), smoothing.canny ([100, 200]),
+    smoothing.channels (32), seed, holdout_fraction (0.1: without an eval split, that share of each class's
     images is held out of training to measure mAP), alarm.min_map (0.7), alarm.min_class_ap (0.5),
     alarm.min_images (10): below these the run warns that the classifier is weak. A checkpoint is
     written every epoch; rerunning resumes.

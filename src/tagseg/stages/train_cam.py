@@ -6,6 +6,12 @@ augmentation depend only on (seed, epoch, index)), then ``model.pt`` and the cla
 mAP on held-out tags: the eval split's, or else a tag-only hold-out carved from the training
 split (left out of classifier training only). A weak classifier sounds the alarm of
 :mod:`tagseg.classifier_check` in the log and the manifest.
+
+With ``init`` the head starts from a trained model (a fine-tune) instead of ``weights``. With
+``smoothing`` any head trains with the structure-aware smoothing branch
+(:mod:`tagseg.models.smoothing`), supervised by the boundaries of an earlier run's segmentation
+of the training images: jointly from the start, or with ``init`` as the paper's one-epoch
+fine-tune of a trained head. ``model.pt`` keeps the head alone.
 """
 
 from __future__ import annotations
@@ -22,14 +28,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tagseg.classifier_check import advice, carve_holdout, classifier_alarm, finding_lines
 from tagseg.data.dataset import Dataset, Record
-from tagseg.data.imageio import read_image
+from tagseg.data.imageio import read_image, read_mask
 from tagseg.data.transforms import normalize, random_scale_flip_crop, resize
 from tagseg.errors import ConfigError, DataError
 from tagseg.metrics import average_precision
 from tagseg.models.backbones import create_backbone
 from tagseg.models.cam import CamNet, build_cam_net
+from tagseg.models.smoothing import SmoothedCamNet, canny_edges
 from tagseg.progress import track
-from tagseg.rundir import ArtifactDir, atomic_write, stage_dir
+from tagseg.rundir import ArtifactDir, atomic_write, file_digest, read_manifest, stage_dir
 from tagseg.sizing import REFERENCE_SIZE
 from tagseg.skipping import record_skipped
 from tagseg.training import build_optimizer, mean_epoch_seconds, set_train_mode, train_epochs, training_steps
@@ -41,7 +48,8 @@ log = logging.getLogger(__name__)
 
 
 HEAD_KEYS = {"puzzle": ("puzzle_alpha", "puzzle_reconstruction"), "attention": ("attention_intensity",),
-             "dilated": ("dilations", "lambda_cls", "dense_at_inference")}  # settings only that head reads
+             "dilated": ("dilations", "lambda_cls", "dense_at_inference"),
+             "seam": ("seam_scale", "seam_top_fraction")}  # settings only that head reads
 
 
 class AlarmConfig(BaseModel):
@@ -54,6 +62,30 @@ class AlarmConfig(BaseModel):
     min_images: int = Field(10, ge=0, description="fewest training images a class should have")
 
 
+class SmoothingConfig(BaseModel):
+    """The structure-aware smoothing branch (eq. 1-6 of its paper); dropped at inference."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    boundaries: Path = Field(description="folder of an earlier segmentation of the training images, one label "
+                                         "PNG per image (e.g. runs/x/pseudo_labels): its class boundaries are S")
+    lambda_boundary: float = Field(0.05, ge=0, description="lambda_1 of eq. 6: weight of the boundary loss L_B")
+    lambda_smooth: float = Field(1.0, ge=0, description="lambda_2 of eq. 6: weight of the smoothness loss L_S")
+    alpha: float = Field(10.0, ge=0, description="alpha of eq. 3-4: how much a change of S relaxes the penalty")
+    lambda_s: float = Field(10.0, ge=0, description="lambda_S of eq. 5: weight between the derivative orders")
+    lambda_s_on: Literal["second", "first"] = Field(
+        "second", description="the order lambda_s weighs: second (eq. 5 of the paper) or first (the authors' code)")
+    canny: tuple[float, float] = Field((100.0, 200.0), description="Canny's low and high gradient thresholds "
+                                                                  "(0-255 grey levels) for the edges E of eq. 1")
+    channels: int = Field(32, ge=1, description="M of eq. 1: channels per backbone level inside the SBDM")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SmoothingConfig":
+        if not 0 <= self.canny[0] <= self.canny[1]:
+            raise ValueError(f"canny must satisfy 0 <= low <= high, got {self.canny}")
+        return self
+
+
 class CamTrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -63,9 +95,9 @@ class CamTrainConfig(BaseModel):
     weights: str | None = Field("imagenet", description="'imagenet', a state-dict file, or null for random init")
     output_stride: Literal[8, 16] = Field(
         16, description="8 or 16 (CNN backbones dilate their last stages; ViTs are always 16)")
-    head: Literal["cam", "puzzle", "attention", "dilated"] = Field(
-        "cam", description="cam (GAP), puzzle (Puzzle-CAM), attention (BES attention pooling) or dilated "
-                           "(dilated blocks)")
+    head: Literal["cam", "puzzle", "attention", "dilated", "seam"] = Field(
+        "cam", description="cam (GAP), puzzle (Puzzle-CAM), attention (BES attention pooling), dilated "
+                           "(dilated blocks) or seam (SEAM: equivariance + PCM)")
     epochs: int = Field(5, ge=1, description="passes over the data (see min_steps and steps)")
     steps: int | None = Field(None, ge=1, description="optimisation steps in all; overrides epochs and min_steps")
     min_steps: int = Field(200, ge=0, description="train at least this many steps: a small dataset's 5 epochs are too few updates")
@@ -93,6 +125,14 @@ class CamTrainConfig(BaseModel):
     lambda_cls: float = Field(0.1, ge=0, description="dilated head: weight of the CAM loss")
     dense_at_inference: bool = Field(
         False, description="dilated head: use the dense CAM max(M0, mean Mi) at inference instead of M0")
+    seam_scale: float = Field(0.3, gt=0, lt=1, description="seam head: the second pass sees the crop rescaled by this")
+    seam_top_fraction: float = Field(0.2, gt=0, le=1, description="seam head: L_ECR averages this share of the "
+                                                                  "largest per-pixel differences")
+    init: Path | None = Field(None, description="a train_cam model.pt (same head settings and classes) to fine-tune "
+                                                "instead of starting from `weights`: e.g. the smoothing paper's one "
+                                                "more epoch, with or without the branch")
+    smoothing: SmoothingConfig | None = Field(None, description="train with the structure-aware smoothing branch "
+                                                                "(any head); null: without")
     seed: int = Field(0, description="data order and augmentation depend only on (seed, epoch, image)")
     holdout_fraction: float = Field(0.1, ge=0, le=0.5, description="without an eval split: share of each class's "
                                     "images held out of training to measure mAP; 0 = none")
@@ -104,9 +144,10 @@ class CamTrainConfig(BaseModel):
         the hold-out matters only without an eval split (:func:`train_cam` adds it then)."""
         unused = {key for head, keys in HEAD_KEYS.items() if head != self.head for key in keys}
         unused |= {"alarm", "holdout_fraction"}
+        unused |= {key for key in ("init", "smoothing") if getattr(self, key) is None}  # older runs stay valid
         if self.pool_padding:
             unused.add("pool_padding")  # at its default: runs made before the setting existed stay valid
-        return {k: v for k, v in self.model_dump().items() if k not in unused}
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in unused}
 
     @model_validator(mode="after")
     def _check(self) -> "CamTrainConfig":
@@ -122,7 +163,9 @@ class CamTrainConfig(BaseModel):
 
 
 class TagCrops(torch.utils.data.Dataset):
-    """Augmented crops and multi-hot tags; randomness depends only on (seed, epoch, index)."""
+    """Augmented crops, multi-hot tags and real-pixel masks; with the smoothing branch also the earlier
+    segmentation put through the same augmentation and the crop's Canny edges. Randomness depends
+    only on (seed, epoch, index)."""
 
     def __init__(self, dataset: Dataset, records: list[Record], config: CamTrainConfig, mean, std) -> None:
         self.dataset, self.records, self.config = dataset, records, config
@@ -135,12 +178,28 @@ class TagCrops(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         record = self.records[index]
         image, _ = read_image(record.image_path)
+        smoothing = self.config.smoothing
+        labels = None if smoothing is None else read_segmentation(smoothing.boundaries, record, image.shape[:2],
+                                                                  self.dataset.num_classes)
         rng = np.random.default_rng([self.config.seed, self.epoch, index])
-        crop, valid, _ = random_scale_flip_crop(image, rng, self.config.crop_size, self.config.scale_range)
+        crop, valid, labels = random_scale_flip_crop(image, rng, self.config.crop_size, self.config.scale_range, labels)
         pixels = normalize(crop, self.mean, self.std)
         pixels[:, ~valid] = 0.0
         tags = self.dataset.multi_hot(record.labels)
-        return torch.from_numpy(pixels), torch.from_numpy(tags), torch.from_numpy(valid)
+        items = (torch.from_numpy(pixels), torch.from_numpy(tags), torch.from_numpy(valid))
+        if smoothing is None:
+            return items
+        edges = canny_edges(crop, valid, *smoothing.canny)
+        return (*items, torch.from_numpy(labels.astype(np.int64)), torch.from_numpy(edges))
+
+
+def read_segmentation(folder: Path, record: Record, shape: tuple[int, int], num_classes: int) -> np.ndarray:
+    """The smoothing branch's earlier segmentation of one training image, checked against the image."""
+    path = Path(folder) / f"{record.id}.png"
+    labels = read_mask(path, num_classes)
+    if labels.shape != tuple(shape):
+        raise DataError(f"{path}: label map {labels.shape} does not match image {record.image_path} {tuple(shape)}")
+    return labels
 
 
 def build_net(config: CamTrainConfig, num_classes: int, weights: str | None) -> CamNet:
@@ -148,7 +207,47 @@ def build_net(config: CamTrainConfig, num_classes: int, weights: str | None) -> 
     return build_cam_net(config.head, backbone, num_classes, puzzle_alpha=config.puzzle_alpha,
                          puzzle_reconstruction=config.puzzle_reconstruction,
                          attention_intensity=config.attention_intensity, dilations=config.dilations,
-                         lambda_cls=config.lambda_cls, dense_at_inference=config.dense_at_inference)
+                         lambda_cls=config.lambda_cls, dense_at_inference=config.dense_at_inference,
+                         seam_scale=config.seam_scale, seam_top_fraction=config.seam_top_fraction)
+
+
+def build_trainee(config: CamTrainConfig, class_names: list[str]) -> CamNet | SmoothedCamNet:
+    """The network train_cam optimises: the head, wrapped with the smoothing branch when it is on; a
+    fine-tune starts the head from ``init`` (same head settings and classes required)."""
+    smoothing, init = config.smoothing, config.init
+    net = build_net(config, len(class_names) - 1, None if init is not None else config.weights)
+    if init is not None:
+        trained, saved = load_cam_net(init)
+        if list(saved["class_names"]) != list(class_names):
+            raise ConfigError(f"init {init}: trained on classes {list(saved['class_names'])}, "
+                              f"this dataset has {list(class_names)}")
+        try:
+            net.load_state_dict(trained.state_dict())
+        except RuntimeError as error:
+            raise ConfigError(f"init {init}: its network does not fit this config (head {config.head!r}, "
+                              f"backbone {config.backbone!r}); train it with the same head settings: "
+                              f"{str(error).splitlines()[0]}") from error
+    if smoothing is None:
+        return net
+    return SmoothedCamNet(net, lambda_boundary=smoothing.lambda_boundary, lambda_smooth=smoothing.lambda_smooth,
+                          alpha=smoothing.alpha, lambda_s=smoothing.lambda_s, lambda_s_on=smoothing.lambda_s_on,
+                          channels=smoothing.channels)
+
+
+def smoothing_source(config: SmoothingConfig, records: list[Record]) -> dict | None:
+    """Check the branch's segmentation folder before training (every training image needs a label map)
+    and return its manifest's config for the stage's identity, so a recomputed source retrains."""
+    folder = Path(config.boundaries)
+    if not folder.is_dir():
+        raise ConfigError(f"smoothing.boundaries: {folder} is not a folder (give an earlier run's stage that "
+                          "writes one label PNG per training image, e.g. runs/x/pseudo_labels)")
+    missing = [r.id for r in records if not (folder / f"{r.id}.png").exists()]
+    if missing:
+        raise ConfigError(f"smoothing.boundaries: {folder} has no label map for {len(missing)} of {len(records)} "
+                          f"training images (e.g. {', '.join(missing[:3])}.png); run the stage that writes them "
+                          "on this dataset's training split first")
+    manifest = read_manifest(folder)
+    return manifest.get("config") if manifest else None
 
 
 def load_cam_net(path: Path, device: str = "cpu") -> tuple[CamNet, dict]:
@@ -182,6 +281,12 @@ def train_cam(dataset: Dataset, run: Path, config: CamTrainConfig, *, device: st
         records = [r for r in records if r.id not in set(holdout["ids"])]
     stage_config = {**config.identity(), **dataset.identity(),
                     "classes": list(dataset.class_names)}
+    if config.init is not None:
+        if not Path(config.init).is_file():
+            raise ConfigError(f"init: {config.init} does not exist (give a train_cam model.pt)")
+        stage_config["init_digest"] = file_digest(Path(config.init))
+    if config.smoothing is not None:
+        stage_config["boundaries_source"] = smoothing_source(config.smoothing, records)
     if eval_dataset is None and config.holdout_fraction > 0:
         stage_config["holdout_fraction"] = config.holdout_fraction  # it changes the training images
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
@@ -191,25 +296,30 @@ def train_cam(dataset: Dataset, run: Path, config: CamTrainConfig, *, device: st
             check_classifier(stage, dataset, records, config)
             return stage.manifest
         torch.manual_seed(config.seed)
-        net = build_net(config, dataset.num_classes - 1, config.weights).to(device)
+        trainee = build_trainee(config, dataset.class_names).to(device)
+        net = trainee.head if isinstance(trainee, SmoothedCamNet) else trainee
         on_gpu = device.startswith("cuda")
         if on_gpu:
             net = net.to(memory_format=torch.channels_last)
-        optimizer = build_optimizer(net, net.new_modules(), config.optimizer, config.lr, config.head_lr_multiplier,
-                                    config.momentum, config.weight_decay)
+        optimizer = build_optimizer(trainee, trainee.new_modules(), config.optimizer, config.lr,
+                                    config.head_lr_multiplier, config.momentum, config.weight_decay)
         crops = TagCrops(dataset, records, config, net.backbone.mean, net.backbone.std)
 
         def step_loss(batch, step: int, total_steps: int) -> dict:
-            images, targets, valid = (t.to(device) for t in batch)
+            images, targets, valid, *branch = (t.to(device) for t in batch)
             if on_gpu:
                 images = images.contiguous(memory_format=torch.channels_last)
-            return net.loss(images, targets, step, total_steps, None if config.pool_padding else valid)
+            pooled = None if config.pool_padding else valid
+            if not branch:
+                return net.loss(images, targets, step, total_steps, pooled)
+            labels, edges = branch
+            return trainee.loss(images, targets, step, total_steps, pooled, real=valid, labels=labels, edges=edges)
 
         checkpoint_path = stage.path / CHECKPOINT_FILE
         steps = training_steps(len(records), config.batch_size, config.epochs, config.steps, config.min_steps)
-        history, steps_run = train_epochs(net, optimizer, stage, checkpoint_path, steps=steps,
+        history, steps_run = train_epochs(trainee, optimizer, stage, checkpoint_path, steps=steps,
                                crops=crops, batch_size=config.batch_size, seed=config.seed, workers=workers,
-                               step_loss=step_loss, set_train_mode=lambda: set_train_mode(net, config.freeze_bn),
+                               step_loss=step_loss, set_train_mode=lambda: set_train_mode(trainee, config.freeze_bn),
                                device=device, name=STAGE)
 
         fields = {"history": history, "seconds_per_epoch": mean_epoch_seconds(history), "holdout": holdout}
