@@ -98,10 +98,12 @@ def summary(rows: list[dict]) -> list[dict]:
         entry = {"row": name, "seeds": [r["seed"] for r in runs]}
         for stage in ("make_cam", "random_walk"):
             for kind in ("oracle", "label_free"):
-                values = [r[stage][kind] for r in runs if r.get(stage) and r[stage][kind] is not None]
-                if values:
+                scored = [r for r in runs if r.get(stage) and r[stage][kind] is not None]
+                values = [r[stage][kind] for r in scored]
+                if values:  # [mean, sample std (None for one value), the seeds it is over]
                     entry[f"{stage}_{kind}"] = [round(statistics.mean(values), 2),
-                                                round(statistics.stdev(values), 2) if len(values) > 1 else 0.0]
+                                                round(statistics.stdev(values), 2) if len(values) > 1 else None,
+                                                [r["seed"] for r in scored]]
         out.append(entry)
     return out
 
@@ -123,7 +125,8 @@ def table(rows: list[dict]) -> str:
         lines += ["", "| row | seeds | CAM oracle | CAM label-free | walk oracle | walk label-free |",
                   "|---|---|---|---|---|---|"]
         for s in several:
-            cells = [f"{s[k][0]:.1f} ± {s[k][1]:.1f}" if k in s else "-"
+            cells = [("-" if k not in s else f"{s[k][0]:.1f} (seed {s[k][2][0]} only)" if len(s[k][2]) == 1
+                      else f"{s[k][0]:.1f} ± {s[k][1]:.1f}")
                      for k in ("make_cam_oracle", "make_cam_label_free", "random_walk_oracle", "random_walk_label_free")]
             lines.append(f"| {s['row']} | {', '.join(map(str, s['seeds']))} | {' | '.join(cells)} |")
     return "\n".join(lines)
