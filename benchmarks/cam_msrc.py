@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
-
-from common import MSRC, ROOT, class_iou, pct, write_result
+from common import MSRC, ROOT, class_iou, machine, pct, write_result
 from tagseg.config import load_config
 from tagseg.data.dataset import open_dataset
 from tagseg.runtime import setup_logging
@@ -99,9 +96,7 @@ def main() -> None:
     for seed, head in itertools.product(args.seeds, args.heads):
         rows.append(run_head(head, seed, args.data, args.runs, args.overrides, args.cam_overrides))
         result = {"benchmark": "cam_msrc", "dataset": str(args.data), "split": "train (CAMs), val (mAP)",
-                  "command": " ".join(["python", *sys.argv]), "machine": {
-                      "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-                      "torch": torch.__version__},
+                  "command": " ".join(["python", *sys.argv]), "machine": machine(),
                   "wall_seconds": round(time.time() - started, 1), "rows": rows, "seed_summary": seed_summary(rows)}
         write_result(args.out, result, table(rows))
     print(table(rows))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 MSRC = ROOT.parent / "shared" / "data" / "msrc-voc"
@@ -12,6 +15,11 @@ MSRC = ROOT.parent / "shared" / "data" / "msrc-voc"
 def pct(value):
     """A 0-1 score as a percentage rounded for tables (None stays None)."""
     return None if value is None else round(100 * value, 2)
+
+
+def machine() -> dict:
+    """Where a result was measured: torch's thread count, the platform and the torch version."""
+    return {"torch_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__}
 
 
 def class_iou(manifest: dict) -> dict | None:

@@ -18,15 +18,12 @@ Markdown table are rewritten after every run. With several seeds a mean +- std t
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
-
-from common import MSRC, ROOT, class_iou, pct, write_result
+from common import MSRC, ROOT, class_iou, machine, pct, write_result
 from tagseg.pipeline import load_recipe, run_recipe
 from tagseg.rundir import read_manifest
 from tagseg.runtime import setup_logging
@@ -98,12 +95,12 @@ def summary(rows: list[dict]) -> list[dict]:
         entry = {"row": name, "seeds": [r["seed"] for r in runs]}
         for stage in ("make_cam", "random_walk"):
             for kind in ("oracle", "label_free"):
-                scored = [r for r in runs if r.get(stage) and r[stage][kind] is not None]
-                values = [r[stage][kind] for r in scored]
+                ran = [r for r in runs if r.get(stage) and r[stage][kind] is not None]
+                values = [r[stage][kind] for r in ran]
                 if values:  # [mean, sample std (None for one value), the seeds it is over]
                     entry[f"{stage}_{kind}"] = [round(statistics.mean(values), 2),
                                                 round(statistics.stdev(values), 2) if len(values) > 1 else None,
-                                                [r["seed"] for r in scored]]
+                                                [r["seed"] for r in ran]]
         out.append(entry)
     return out
 
@@ -161,8 +158,7 @@ def main() -> None:
                         rows.append(run_row(name, seed, value, args))
                 result = {"benchmark": "seam_smoothing_msrc", "dataset": str(args.data), "split": "train",
                           "command": " ".join(["python", *sys.argv]),
-                          "machine": {"torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-                                      "torch": torch.__version__},
+                          "machine": machine(),
                           "wall_seconds": round(time.time() - started, 1), "rows": rows, "summary": summary(rows)}
                 write_result(args.out, result, table(rows))
     print(table(rows))

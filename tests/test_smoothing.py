@@ -10,7 +10,7 @@ import torch
 from tagseg.data.dataset import open_dataset
 from tagseg.data.imageio import write_mask
 from tagseg.data.make_synthetic import write_synthetic_dataset
-from tagseg.errors import ConfigError, StageError
+from tagseg.errors import ConfigError, DataError, StageError
 from tagseg.models.backbones import create_backbone
 from tagseg.models.cam import HEADS, build_cam_net
 from tagseg.models.smoothing import (CHARBONNIER_EPS, BoundaryModule, SmoothedCamNet, boundary_loss, canny_edges,
@@ -238,3 +238,16 @@ def test_fine_tune_without_the_branch_starts_from_the_trained_head(synthetic_wit
     assert all(torch.equal(trainee.state_dict()[k], base_state[k]) for k in base_state)
     manifest = train_cam(dataset, tmp_path / "more", config)
     assert manifest["config"]["init"] == str(init) and "boundary" not in manifest["history"][0]
+
+
+def test_a_label_map_of_the_wrong_size_is_refused_before_training(synthetic_with_segmentation, tmp_path):
+    dataset, folder = synthetic_with_segmentation
+    copy = tmp_path / "labels"
+    copy.mkdir()
+    for png in folder.glob("*.png"):
+        (copy / png.name).write_bytes(png.read_bytes())
+    first = dataset.records[0]
+    write_mask(copy / f"{first.id}.png", np.zeros((10, 12), np.uint8))
+    with pytest.raises(DataError, match=rf"{first.id}\.png: label map of 12x10 px does not match image"):
+        train_cam(dataset, tmp_path / "run", CamTrainConfig(**TINY, smoothing={"boundaries": copy}))
+    assert not (tmp_path / "run").exists()  # refused before the stage directory was made

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tagseg.classifier_check import advice, carve_holdout, classifier_alarm, finding_lines
 from tagseg.data.dataset import Dataset, Record
-from tagseg.data.imageio import read_image, read_mask
+from tagseg.data.imageio import image_size, read_image, read_mask
 from tagseg.data.transforms import normalize, random_scale_flip_crop, resize
 from tagseg.errors import ConfigError, DataError
 from tagseg.metrics import average_precision
@@ -179,8 +179,8 @@ class TagCrops(torch.utils.data.Dataset):
         record = self.records[index]
         image, _ = read_image(record.image_path)
         smoothing = self.config.smoothing
-        labels = None if smoothing is None else read_segmentation(smoothing.boundaries, record, image.shape[:2],
-                                                                  self.dataset.num_classes)
+        labels = (None if smoothing is None else  # sizes checked before training (smoothing_source)
+                  read_mask(Path(smoothing.boundaries) / f"{record.id}.png", self.dataset.num_classes))
         rng = np.random.default_rng([self.config.seed, self.epoch, index])
         crop, valid, labels = random_scale_flip_crop(image, rng, self.config.crop_size, self.config.scale_range, labels)
         pixels = normalize(crop, self.mean, self.std)
@@ -191,15 +191,6 @@ class TagCrops(torch.utils.data.Dataset):
             return items
         edges = canny_edges(crop, valid, *smoothing.canny)
         return (*items, torch.from_numpy(labels.astype(np.int64)), torch.from_numpy(edges))
-
-
-def read_segmentation(folder: Path, record: Record, shape: tuple[int, int], num_classes: int) -> np.ndarray:
-    """The smoothing branch's earlier segmentation of one training image, checked against the image."""
-    path = Path(folder) / f"{record.id}.png"
-    labels = read_mask(path, num_classes)
-    if labels.shape != tuple(shape):
-        raise DataError(f"{path}: label map {labels.shape} does not match image {record.image_path} {tuple(shape)}")
-    return labels
 
 
 def build_net(config: CamTrainConfig, num_classes: int, weights: str | None) -> CamNet:
@@ -235,7 +226,7 @@ def build_trainee(config: CamTrainConfig, class_names: list[str]) -> CamNet | Sm
 
 
 def smoothing_source(config: SmoothingConfig, records: list[Record]) -> dict | None:
-    """Check the branch's segmentation folder before training (every training image needs a label map)
+    """Check the branch's segmentation folder before training (every training image needs a label map of its size)
     and return its manifest's config for the stage's identity, so a recomputed source retrains."""
     folder = Path(config.boundaries)
     if not folder.is_dir():
@@ -246,6 +237,12 @@ def smoothing_source(config: SmoothingConfig, records: list[Record]) -> dict | N
         raise ConfigError(f"smoothing.boundaries: {folder} has no label map for {len(missing)} of {len(records)} "
                           f"training images (e.g. {', '.join(missing[:3])}.png); run the stage that writes them "
                           "on this dataset's training split first")
+    for record in records:  # headers only: a wrong-sized map fails here, not epochs into training
+        path = folder / f"{record.id}.png"
+        labels_size, size = image_size(path), image_size(record.image_path)
+        if labels_size != size:
+            raise DataError(f"{path}: label map of {labels_size[0]}x{labels_size[1]} px does not match image "
+                            f"{record.image_path} ({size[0]}x{size[1]} px)")
     manifest = read_manifest(folder)
     return manifest.get("config") if manifest else None
 
