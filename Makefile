@@ -10,6 +10,8 @@ DEMO ?= demo
 
 $(BIN)/tagseg: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# an environment made before the switch to the contrib build of OpenCV: the two builds share cv2
+	$(BIN)/python -m pip uninstall --quiet --yes opencv-python-headless 2>/dev/null || true
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $@
 
