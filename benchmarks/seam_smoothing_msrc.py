@@ -12,12 +12,15 @@ Rows (each a run of recipes/seam.yaml's stages up to the pseudo-labels, with the
 - ``<base>+sb``: that epoch with the whole branch (SBDM + L_S): the paper's "Ours".
 Each row reports the CAM (oracle and label-free mIoU, mFP / mFN, per class) and the random walk on
 it; ``--deeplab`` adds the DeepLab stages. Runs live in --runs and resume; the JSON result and a
-Markdown table are rewritten after every run. With several seeds a mean +- std table follows.
+Markdown table are rewritten after every run. Rows of an earlier result file that this call does not
+rerun (another seed, another row) are kept, so the seeds of a long ablation can be run in several
+sittings. With several seeds a mean +- std table follows.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -27,6 +30,7 @@ from common import MSRC, ROOT, class_iou, machine, pct, write_result
 from tagseg.pipeline import load_recipe, run_recipe
 from tagseg.rundir import read_manifest
 from tagseg.runtime import setup_logging
+from tagseg.threads import set_threads
 
 RECIPE = ROOT / "recipes" / "seam.yaml"
 BASES = {"cam": ["head=cam"], "puzzle": ["head=puzzle", "puzzle_alpha=1"], "seam": ["head=seam"]}
@@ -78,13 +82,22 @@ def run_row(row: str, seed: int, lambda2: float | None, args) -> dict:
     started = time.time()
     run_recipe(recipe, configs)
     trained = read_manifest(run / "train_cam")
-    result = {"row": name, "seed": seed, "train_cam_keys": row_keys(row, base_run, lambda2),
+    result = {"row": name, "seed": seed, "command": " ".join(["python", *sys.argv]),
+              "train_cam_keys": row_keys(row, base_run, lambda2),
               "val_map": pct((trained.get("classification") or {}).get("map")),
               "seconds_per_epoch": trained.get("seconds_per_epoch"), "wall_seconds": round(time.time() - started, 1)}
     result.update({stage: scored(read_manifest(run / stage)) for stage in SCORED})
     if args.deeplab:
         result["deeplab_val"] = scored(read_manifest(run / "segment_val"))
     return result
+
+
+def merge(earlier: list[dict], new: list[dict]) -> list[dict]:
+    """``earlier`` rows that ``new`` does not rerun, then ``new``; ordered by seed, rows in first-seen order."""
+    fresh = {(r["row"], r["seed"]) for r in new}
+    rows = [r for r in earlier if (r["row"], r["seed"]) not in fresh] + new
+    order = {name: i for i, name in enumerate(dict.fromkeys(r["row"] for r in rows))}
+    return sorted(rows, key=lambda r: (r["seed"], order[r["row"]]))
 
 
 def summary(rows: list[dict]) -> list[dict]:
@@ -144,8 +157,11 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="recipe KEY=VALUE for every row, e.g. stages.make_cam.scales=[1.0]")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "seam_smoothing_msrc.json")
+    parser.add_argument("--threads", type=int, help="torch/OpenCV threads (default: every core)")
     args = parser.parse_args()
     setup_logging("INFO")
+    set_threads(args.threads)
+    earlier = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
     started, rows = time.time(), []
     for seed in args.seeds:  # seeds outermost: a cut-short run still compares rows on the same seeds
         for row in args.rows:
@@ -156,12 +172,13 @@ def main() -> None:
                 for name, value in dict.fromkeys([(base, None), (row, lambda2)]):
                     if not any(r["seed"] == seed and r["row"] == name and value is None for r in rows):
                         rows.append(run_row(name, seed, value, args))
+                merged = merge(earlier, rows)
                 result = {"benchmark": "seam_smoothing_msrc", "dataset": str(args.data), "split": "train",
                           "command": " ".join(["python", *sys.argv]),
                           "machine": machine(),
-                          "wall_seconds": round(time.time() - started, 1), "rows": rows, "summary": summary(rows)}
-                write_result(args.out, result, table(rows))
-    print(table(rows))
+                          "wall_seconds": round(time.time() - started, 1), "rows": merged, "summary": summary(merged)}
+                write_result(args.out, result, table(merged))
+    print(table(merge(earlier, rows)))
 
 
 if __name__ == "__main__":
