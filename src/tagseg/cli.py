@@ -331,8 +331,9 @@ def make_cam_command(
 ) -> None:
     """Multi-scale + flip CAMs of the tagged classes, scored at the oracle and label-free thresholds.
 
-    Keys: scales (default [0.5, 1, 1.5, 2], for a 320 px photo), flip (true), batch_size (images of one size
-    per pass), image_size (auto: the split's median long side; scales are converted for it).
+    Keys: scales (default [0.5, 1, 1.5, 2], for a 320 px photo), flip (true), reduce (sum | max: how the
+    scales' CAMs combine; max is the dissertation's eq. 2.4), batch_size (images of one size per pass),
+    image_size (auto: the split's median long side; scales are converted for it), label_free (expected_iou).
     """
     from tagseg.config import load_config
     from tagseg.runtime import resolve_device
@@ -602,6 +603,68 @@ def pseudo_labels_command(
     out.print(line)
 
 
+def _print_foreground_scores(stage: str, manifest: dict) -> None:
+    metrics = manifest.get("metrics")
+    if metrics:
+        foreground = metrics["per_class"]["foreground"]
+        out.print(f"{stage}: foreground IoU {_fmt(foreground['iou'])}, precision {_fmt(foreground['precision'])}, "
+                  f"recall {_fmt(foreground['recall'])} on the pixels it labels; {_fmt(manifest['unlabelled'])}% "
+                  "unlabelled")
+
+
+@app.command("saliency")
+def saliency_command(
+    dataset_path: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset root.")],
+    run: Annotated[Path, typer.Argument(help="Run directory; writes RUN/saliency/.")],
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    split: Annotated[str, typer.Option(help="Split to make saliency masks for.")] = "train",
+    workers: Workers = 2,
+    force: Force = False,
+    on_error: OnErrorOption = "stop",
+) -> None:
+    """Class-agnostic saliency masks (0 background, 1 object), the input of the dissertation's ch. 2.
+
+    Keys: source (folder: your own maps | spectral_residual | fine_grained: OpenCV's model-free substitute |
+    ground_truth: the binarised masks, an oracle), folder (for source folder: <folder>/<id>.png, any bit
+    depth; resized to the image), threshold (null: 0.5 for your maps, per-map Otsu for OpenCV's; or a number,
+    or otsu).
+    """
+    from tagseg.config import load_config
+    from tagseg.stages.saliency import STAGE, SaliencyConfig, make_saliency
+
+    settings = load_config(SaliencyConfig, config, overrides)
+    log_to_run(run)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
+    _print_foreground_scores(STAGE, make_saliency(dataset, run, settings, workers=workers, force=force))
+
+
+@app.command("refine-saliency")
+def refine_saliency_command(
+    dataset_path: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset root.")],
+    run: Annotated[Path, typer.Argument(help="Run directory with RUN/make_cam/ and RUN/saliency/; writes "
+                                             "RUN/refine_saliency/.")],
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    split: Annotated[str, typer.Option(help="Split to refine.")] = "train",
+    workers: Workers = 2,
+    force: Force = False,
+    on_error: OnErrorOption = "stop",
+) -> None:
+    """Saliency masks corrected by the CAMs (dissertation eq. 2.5-2.6): confident CAM pixels become
+    foreground, salient pixels with low CAM scores unlabelled.
+
+    Keys: cams (make_cam), saliency (saliency), tau1 (0.8), tau2 (0.3).
+    """
+    from tagseg.config import load_config
+    from tagseg.stages.refine_saliency import STAGE, RefineSaliencyConfig, make_refined_saliency
+
+    settings = load_config(RefineSaliencyConfig, config, overrides)
+    log_to_run(run)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
+    _print_foreground_scores(STAGE, make_refined_saliency(dataset, run, settings, workers=workers, force=force))
+
+
 @app.command("train-seg")
 def train_seg_command(
     dataset_path: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset root.")],
@@ -618,7 +681,11 @@ def train_seg_command(
 
     Keys: labels (pseudo_labels | ground_truth | any mask stage), head (deeplabv3plus | deeplabv2),
     backbone, weights, output_stride (16), epochs (10), min_steps (400), steps (null), batch_size (8), crop_size (320),
-    scale_range ([0.5, 1.5]), optimizer (adamw), lr (0.0003), head_lr_multiplier (10), freeze_bn (true), seed.
+    scale_range ([0.5, 1.5]), optimizer (adamw), lr (0.0003), head_lr_multiplier (10), freeze_bn (true), seed,
+    objective (masks | saliency: the saliency loss on a refine_saliency or saliency stage's foreground masks,
+    dissertation eq. 2.7), loss_scales ([1]: also train on these rescaled copies, losses summed),
+    attention_paths (0: off; N masked copies per crop for the image-masking attention loss, eq. 2.8-2.11),
+    attention_weight (2), classifier (train_cam: the stage whose frozen classifier judges the masked images).
     """
     from tagseg.config import load_config
     from tagseg.runtime import resolve_device

@@ -9,7 +9,7 @@ import numpy as np
 
 from tagseg.artifacts import load_score_map
 from tagseg.data.dataset import Dataset, read_class_names
-from tagseg.data.imageio import read_boundary_map, read_mask
+from tagseg.data.imageio import IGNORE_INDEX, read_boundary_map, read_mask
 from tagseg.errors import DataError
 from tagseg.label_free import SCORE_BINS, best_score_histogram, otsu, stage_threshold
 from tagseg.metrics import (BoundarySweep, ConfusionMatrix, ThresholdSweep, labels_from_scores,
@@ -100,6 +100,33 @@ def evaluate_masks(prediction_dir: Path, truth: GroundTruth, workers: int = 1) -
         confusion.update(gt, prediction)
     return {"kind": "masks", "num_images": len(pairs), "threshold": None,
             "metrics": confusion.scores(truth.class_names), "curve": []}
+
+
+FOREGROUND_NAMES = ("background", "foreground")
+
+
+def evaluate_foreground(prediction_dir: Path, truth: GroundTruth, workers: int = 1) -> dict:
+    """Class-agnostic masks (0 background, 1 foreground, 255 unlabelled; saliency maps and their refinement)
+    against the ground truth with every object class as foreground, void left out.
+
+    ``metrics`` are over the pixels the masks label (precision, recall and IoU of foreground and
+    background); ``unlabelled`` is the share of the non-void pixels they leave unlabelled.
+    """
+    confusion = ConfusionMatrix(2)
+    pairs = _paired(prediction_dir, truth, ".png")
+
+    def load(pair):
+        _, prediction_path, truth_path = pair
+        prediction = read_mask(prediction_path, 2)
+        gt = _read_pair(truth_path, prediction, prediction_path, len(truth.class_names))
+        return np.where(gt == IGNORE_INDEX, IGNORE_INDEX, (gt > 0).astype(np.uint8)), prediction
+
+    for gt, prediction in parallel_map(load, pairs, len(pairs), "evaluating foreground", workers):
+        confusion.update(gt, prediction)
+    unlabelled = confusion.matrix[:, 2].sum() / max(1, confusion.matrix.sum())
+    return {"kind": "foreground", "num_images": len(pairs),
+            "metrics": scores_from_confusion(confusion.matrix[:, :2], FOREGROUND_NAMES),
+            "unlabelled": round(float(unlabelled), 6)}
 
 
 def evaluate_scores(prediction_dir: Path, truth: GroundTruth, thresholds=DEFAULT_THRESHOLDS,

@@ -43,6 +43,8 @@ def _specs() -> dict[str, StageSpec]:
     from tagseg.stages.perimeterfit import STAGE as PF, PerimeterFitConfig, perimeterfit
     from tagseg.stages.pseudo_labels import STAGE as PL, PseudoLabelConfig, make_pseudo_labels
     from tagseg.stages.random_walk import STAGE as RW, RandomWalkConfig, random_walk_stage
+    from tagseg.stages.refine_saliency import STAGE as RS, RefineSaliencyConfig, make_refined_saliency
+    from tagseg.stages.saliency import STAGE as SA, SaliencyConfig, make_saliency
     from tagseg.stages.segment import STAGE as SG, SegmentConfig, segment_split
     from tagseg.stages.train_affinity import STAGE as TA, AffinityTrainConfig, train_affinity
     from tagseg.stages.train_cam import STAGE as TC, CamTrainConfig, train_cam
@@ -65,6 +67,8 @@ def _specs() -> dict[str, StageSpec]:
         BM: StageSpec(BoundaryMapsConfig, device_stage(make_boundary_maps), lambda c, r: BM),
         RW: StageSpec(RandomWalkConfig, device_stage(random_walk_stage), lambda c, r: RW),
         PL: StageSpec(PseudoLabelConfig, cpu_stage(make_pseudo_labels), lambda c, r: PL),
+        SA: StageSpec(SaliencyConfig, cpu_stage(make_saliency), lambda c, r: SA),
+        RS: StageSpec(RefineSaliencyConfig, cpu_stage(make_refined_saliency), lambda c, r: RS),
         TS: StageSpec(SegTrainConfig, device_stage(train_seg), lambda c, r: TS),
         SG: StageSpec(SegmentConfig, lambda r, train, held_out, c: segment_split(
             held_out or train, r.run, c, device=r.device, workers=r.workers),

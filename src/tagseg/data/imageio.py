@@ -97,6 +97,34 @@ def read_mask(path: Path, num_classes: int) -> np.ndarray:
     return mask
 
 
+def read_saliency_map(path: Path) -> np.ndarray:
+    """A saliency map of any common bit depth as float32 (H, W) in [0, 1].
+
+    1-bit and 8-bit grayscale are divided by their full scale (1, 255), 16-bit by 65535; 32-bit
+    integers by 65535 when a value exceeds 255, else by 255; float maps are taken as [0, 1] (or
+    0..255 when a value exceeds 1). Colour maps count by their luminance.
+    """
+    image = _open(path)
+    mode = image.mode
+    if mode in ("RGB", "RGBA", "P", "LA", "CMYK", "YCbCr"):
+        image, mode = image.convert("L"), "L"
+    values = np.asarray(image)
+    if mode == "1":
+        return values.astype(np.float32)
+    if mode == "L":
+        return values.astype(np.float32) / 255.0
+    if mode.startswith("I;16"):
+        return values.astype(np.float32) / 65535.0
+    if mode in ("I", "F"):
+        values = values.astype(np.float64)
+        if not np.isfinite(values).all() or values.min(initial=0) < 0:
+            raise DataError(f"{path}: saliency values must be finite and non-negative")
+        full = (65535.0 if values.max(initial=0) > 255 else 255.0) if mode == "I" else \
+            (255.0 if values.max(initial=0) > 1 else 1.0)
+        return np.clip(values / full, 0.0, 1.0).astype(np.float32)
+    raise DataError(f"{path}: unsupported saliency map mode {mode!r} (use a grayscale PNG)")
+
+
 def read_boundary_map(path: Path) -> np.ndarray:
     """A boundary map stored as an 8-bit grayscale PNG, as float64 values / 255 in [0, 1] (H, W).
 

@@ -2,8 +2,8 @@
 
 For each scale (default 0.5, 1, 1.5, 2, for a 320 px image: tagseg.sizing converts them to the
 dataset's ``image_size``) the image and its mirror go through the network,
-the ReLU'd CAMs are resized to the image size and summed; only tagged classes are kept
-and each is divided by its maximum. Images of one size are batched together. Output:
+the ReLU'd CAMs are resized to the image size and summed (``reduce: max`` takes their maximum
+instead, the dissertation's eq. 2.4); only tagged classes are kept and each is divided by its maximum. Images of one size are batched together. Output:
 ``<run>/make_cam/<id>.npz`` (float16 scores + class indices), then scores: oracle
 threshold and curve when masks exist, and a label-free threshold always.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -42,6 +43,8 @@ class MakeCamConfig(BaseModel):
     scales: tuple[float, ...] = Field((0.5, 1.0, 1.5, 2.0),
                                       description="inference scales of a 320 px photo (converted for image_size)")
     flip: bool = Field(True, description="add each scale's mirror image")
+    reduce: Literal["sum", "max"] = Field("sum", description="combine the scales' (and mirrors') CAMs by sum, or by "
+                                                             "maximum (dissertation eq. 2.4)")
     batch_size: int = Field(4, ge=1, description="images of the same size per forward pass")
     image_size: ImageSize = Field("auto", description=IMAGE_SIZE_HELP)
     label_free: LabelFreeMethod = Field(
@@ -52,8 +55,10 @@ class MakeCamConfig(BaseModel):
 
 
 @torch.no_grad()
-def multiscale_cams(net: CamNet, images: list[np.ndarray], scales, flip: bool, device: str) -> torch.Tensor:
-    """Summed CAMs (N, K, H, W) of same-sized images over scales (and mirror images)."""
+def multiscale_cams(net: CamNet, images: list[np.ndarray], scales, flip: bool, device: str,
+                    reduce: str = "sum") -> torch.Tensor:
+    """CAMs (N, K, H, W) of same-sized images summed (or, ``reduce="max"``, maximised) over scales and mirrors."""
+    combine = torch.maximum if reduce == "max" else torch.add
     height, width = images[0].shape[:2]
     total = None
     for scale in scales:
@@ -64,8 +69,8 @@ def multiscale_cams(net: CamNet, images: list[np.ndarray], scales, flip: bool, d
         with torch.autocast("cuda", enabled=device.startswith("cuda")):
             cams = upsampled_cams(net, batch, (height, width)).float()
         if flip:
-            cams = cams[: len(images)] + cams[len(images):].flip(-1)
-        total = cams if total is None else total + cams
+            cams = combine(cams[: len(images)], cams[len(images):].flip(-1))
+        total = cams if total is None else combine(total, cams)
     return total
 
 
@@ -84,7 +89,9 @@ def make_cams(dataset: Dataset, run: Path, config: MakeCamConfig, *, device: str
     net, saved = load_cam_net(model_path, device)
     image_size = resolve_image_size(config.image_size, dataset)
     scales = input_scales(config.scales, image_size)
-    stage_config = {**config.model_dump(exclude={"label_free"}), "image_size": image_size,
+    # reduce at its default is left out of the identity: runs made before it existed stay valid
+    unused = {"label_free"} | ({"reduce"} if config.reduce == "sum" else set())
+    stage_config = {**config.model_dump(exclude=unused), "image_size": image_size,
                     "model": f"{TRAIN_STAGE}/{MODEL_FILE}",
                     "model_digest": file_digest(model_path),
                     **dataset.identity()}
@@ -100,7 +107,7 @@ def make_cams(dataset: Dataset, run: Path, config: MakeCamConfig, *, device: str
 
         started = time.perf_counter()
         for batch, images in parallel_map(load, batches, len(batches), f"make_cam ({len(todo)} images)", workers):
-            cams = multiscale_cams(net, images, scales, config.flip, device)
+            cams = multiscale_cams(net, images, scales, config.flip, device, config.reduce)
             for record, image_cams in zip(batch, cams):
                 save_score_map(stage.item_path(record.id, ".npz"), normalized_tagged(image_cams, record.labels),
                                record.labels)
