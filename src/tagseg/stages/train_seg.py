@@ -4,6 +4,13 @@ Reads masks from a stage of the run (``labels: pseudo_labels``) or the dataset's
 (``labels: ground_truth``, the fully supervised upper bound); 255 is ignored. Random
 rescale / flip / crop, AdamW (or SGD) with poly LR and a 10x rate on the new head; a
 checkpoint per epoch and exact resume (tagseg.training).
+
+The dissertation's ch. 2 trains without pseudo-labels (:mod:`tagseg.models.image_masking`):
+``objective: saliency`` reads 0/1/255 foreground masks (the refine_saliency stage) through the
+saliency loss (eq. 2.7), and ``attention_paths`` > 0 adds the image-masking attention loss
+judged by the run's frozen classifier (eq. 2.8-2.12), which combines with either objective.
+``loss_scales`` feeds rescaled copies of each crop too and sums their losses (§2.3.3 uses
+1, 0.75 and 0.5).
 """
 
 from __future__ import annotations
@@ -15,16 +22,20 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tagseg.data.dataset import Dataset
 from tagseg.data.imageio import IGNORE_INDEX, read_image, read_mask
 from tagseg.data.transforms import normalize, random_scale_flip_crop
-from tagseg.errors import ConfigError, DataError
+from tagseg.config import positive_scales
+from tagseg.errors import ConfigError, DataError, StageError
 from tagseg.models.backbones import create_backbone
+from tagseg.models.cam import CamNet
+from tagseg.models.image_masking import masking_attention_loss, saliency_loss
 from tagseg.models.segmentation import SegmentationNet, build_segmentation_net
-from tagseg.rundir import atomic_write, finished_stage, stage_dir
+from tagseg.rundir import atomic_write, file_digest, finished_stage, stage_dir
 from tagseg.skipping import record_skipped, without_skipped_by
+from tagseg.stages.train_cam import MODEL_FILE as CAM_MODEL_FILE, load_cam_net
 from tagseg.training import build_optimizer, mean_epoch_seconds, set_train_mode, train_epochs, training_steps
 
 STAGE = "train_seg"
@@ -58,14 +69,44 @@ class SegTrainConfig(BaseModel):
     weight_decay: float = Field(1e-4, ge=0, description="L2 weight decay")
     freeze_bn: bool = Field(True, description="keep the backbone's BatchNorm statistics fixed (small batches)")
     seed: int = Field(0, description="data order and augmentation depend only on (seed, epoch, image)")
+    objective: Literal["masks", "saliency"] = Field(
+        "masks", description="masks: cross-entropy on class masks; saliency: the saliency loss on 0/1/255 "
+                             "foreground masks (dissertation eq. 2.7)")
+    loss_scales: tuple[float, ...] = Field((1.0,), description="each crop also at these scales, losses summed "
+                                                               "(the dissertation: [1, 0.75, 0.5])")
+    attention_paths: int = Field(0, ge=0, description="image-masking attention loss: masked copies per crop, N of "
+                                                      "eq. 2.11 (0 = off)")
+    attention_weight: float = Field(2.0, gt=0, description="its weight, lambda_seg of eq. 2.12")
+    classifier: str = Field("train_cam", description="the run's CAM stage whose frozen classifier judges the "
+                                                     "masked images")
+
+    _scales = field_validator("loss_scales")(positive_scales)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.objective == "saliency" and self.labels == GROUND_TRUTH:
+            raise ValueError("objective 'saliency' reads foreground masks: run the saliency stage with "
+                             "source: ground_truth and set labels: saliency")
+        return self
+
+    def identity(self) -> dict:
+        """The settings that determine the trained network; the ch. 2 keys at their defaults are left out,
+        so runs made before they existed stay valid, and the classifier only matters with the attention loss."""
+        unused = set() if self.attention_paths else {"attention_paths", "attention_weight", "classifier"}
+        unused |= {"objective"} if self.objective == "masks" else set()
+        unused |= {"loss_scales"} if self.loss_scales == (1.0,) else set()
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in unused}
 
 
 class MaskCrops(torch.utils.data.Dataset):
-    """Augmented crops and their masks; randomness depends only on (seed, epoch, index)."""
+    """Augmented crops, their masks, tags (multi-hot) and real-pixel masks; randomness depends only on
+    (seed, epoch, index). Masks are class masks, or 0/1/255 foreground masks with ``foreground``."""
 
-    def __init__(self, dataset: Dataset, mask_paths: list[Path], config: SegTrainConfig, mean, std) -> None:
+    def __init__(self, dataset: Dataset, mask_paths: list[Path], config: SegTrainConfig, mean, std,
+                 foreground: bool = False) -> None:
         self.dataset, self.mask_paths, self.config = dataset, mask_paths, config
         self.mean, self.std = mean, std
+        self.mask_classes = 2 if foreground else dataset.num_classes
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -74,14 +115,15 @@ class MaskCrops(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         record = self.dataset.records[index]
         image, _ = read_image(record.image_path)
-        mask = read_mask(self.mask_paths[index], self.dataset.num_classes)
+        mask = read_mask(self.mask_paths[index], self.mask_classes)
         if mask.shape != image.shape[:2]:
             raise DataError(f"{self.mask_paths[index]}: mask {mask.shape} does not match image {record.image_path}")
         rng = np.random.default_rng([self.config.seed, self.epoch, index])
         crop, valid, mask = random_scale_flip_crop(image, rng, self.config.crop_size, self.config.scale_range, mask)
         pixels = normalize(crop, self.mean, self.std)
         pixels[:, ~valid] = 0.0
-        return torch.from_numpy(pixels), torch.from_numpy(mask.astype(np.int64))
+        return (torch.from_numpy(pixels), torch.from_numpy(mask.astype(np.int64)),
+                torch.from_numpy(self.dataset.multi_hot(record.labels)), torch.from_numpy(valid))
 
 
 def build_net(config: SegTrainConfig, num_classes: int, weights: str | None) -> SegmentationNet:
@@ -101,6 +143,13 @@ def load_seg_net(path: Path, device: str = "cpu") -> tuple[SegmentationNet, dict
     net = build_net(config, len(saved["class_names"]), weights=None)
     net.load_state_dict(saved["state_dict"])
     return net.to(device).eval(), saved
+
+
+def frozen_classifier(path: Path, device: str) -> CamNet:
+    """The trained CAM network as the attention loss's judge: eval mode (BatchNorm statistics fixed), no
+    parameter trainable; gradients still flow through it to its input."""
+    classifier, _ = load_cam_net(path, device)
+    return classifier.eval().requires_grad_(False)
 
 
 def _mask_paths(dataset: Dataset, run: Path, labels: str) -> list[Path]:
@@ -125,8 +174,13 @@ def train_seg(dataset: Dataset, run: Path, config: SegTrainConfig, *, device: st
     if len(dataset) < config.batch_size:
         raise ConfigError(f"train_seg: {len(dataset)} images are fewer than batch_size {config.batch_size}")
     mask_paths = _mask_paths(dataset, run, config.labels)
-    stage_config = {**config.model_dump(), **dataset.identity(),
-                    "classes": list(dataset.class_names)}
+    classifier_path = run / config.classifier / CAM_MODEL_FILE
+    if config.attention_paths and not classifier_path.exists():
+        raise StageError(f"{classifier_path}: attention_paths needs the run's trained classifier "
+                         f"(run `tagseg train-cam` first, or set classifier to its stage)")
+    stage_config = {**config.identity(), **dataset.identity(), "classes": list(dataset.class_names)}
+    if config.attention_paths:
+        stage_config["classifier_digest"] = file_digest(classifier_path)
     with stage_dir(run, STAGE, stage_config, force=force) as stage:
         model_path = stage.path / MODEL_FILE
         if model_path.exists():
@@ -137,15 +191,30 @@ def train_seg(dataset: Dataset, run: Path, config: SegTrainConfig, *, device: st
         net = net.to(memory_format=torch.channels_last)  # faster on CPU too (about 20% per step)
         optimizer = build_optimizer(net, net.new_modules(), config.optimizer, config.lr, config.head_lr_multiplier,
                                     config.momentum, config.weight_decay)
-        crops = MaskCrops(dataset, mask_paths, config, net.backbone.mean, net.backbone.std)
+        crops = MaskCrops(dataset, mask_paths, config, net.backbone.mean, net.backbone.std,
+                          foreground=config.objective == "saliency")
+        classifier = frozen_classifier(classifier_path, device) if config.attention_paths else None
 
         def step_loss(batch, step: int, total_steps: int) -> dict:
-            images, masks = (t.to(device) for t in batch)
+            images, masks, tags, valid = (t.to(device) for t in batch)
             images = images.contiguous(memory_format=torch.channels_last)
-            logits = net(images)
-            if not (masks != IGNORE_INDEX).any():  # every pixel ignored: no signal, and a mean over nothing is NaN
-                return {"loss": logits.sum() * 0.0}
-            return {"loss": F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)}
+            outputs = [net(images) if scale == 1 else F.interpolate(
+                net(F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)),
+                size=images.shape[-2:], mode="bilinear", align_corners=False) for scale in config.loss_scales]
+            if config.objective == "saliency":
+                main = sum(saliency_loss(logits, masks, tags) for logits in outputs)
+            elif (masks != IGNORE_INDEX).any():
+                main = sum(F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX) for logits in outputs)
+            else:  # every pixel ignored: no signal, and a mean over nothing is NaN
+                main = sum(logits.sum() * 0.0 for logits in outputs)
+            if classifier is None:
+                return {"loss": main}
+            draws = torch.Generator().manual_seed(config.seed * 1_000_003 + step)  # the same coins on resume
+            attention = masking_attention_loss(
+                classifier, images, outputs[0], tags, valid, config.attention_paths, draws,
+                (net.backbone.mean, net.backbone.std), (classifier.backbone.mean, classifier.backbone.std))
+            return {"loss": main + config.attention_weight * attention, config.objective: main.detach(),
+                    "attention": attention.detach()}
 
         steps = training_steps(len(dataset), config.batch_size, config.epochs, config.steps, config.min_steps)
         history, steps_run = train_epochs(
