@@ -87,6 +87,26 @@ def test_report_page_has_plot_timings_bars_and_legend(tmp_path, make_voc):
     assert page.index('class="legend"') < page.index("<img")
 
 
+def test_saliency_stages_have_their_own_section_and_gallery_panels(tmp_path, make_voc):
+    from tagseg.data.imageio import write_mask
+
+    data = make_voc()
+    run = write_run(tmp_path / "run", data)
+    foreground = {"miou": 0.6, "per_class": {"background": {"iou": 0.8, "precision": 0.9, "recall": 0.9},
+                                             "foreground": {"iou": 0.4, "precision": 0.5, "recall": 0.6}}}
+    for stage, source in (("saliency", "spectral_residual"), ("refine_saliency", None)):
+        (run / stage).mkdir()
+        config = {"source": source} if source else {}
+        (run / stage / "manifest.json").write_text(json.dumps(
+            {"status": "complete", "config": config, "metrics": foreground, "unlabelled": 0.125}))
+        write_mask(run / stage / "a.png", np.array([[0, 1], [255, 1]], np.uint8).repeat(12, 0).repeat(16, 1))
+    assert "saliency" not in [r["stage"] for r in stage_rows(run)]  # two-class scores stay off the mIoU plot
+    page = write_report(run, gallery_size=1).read_text()
+    assert "model-free substitute for a trained saliency detector: foreground IoU 40.0" in page
+    assert "12.5% unlabelled" in page
+    assert 'alt="refined saliency"' in page and 'alt="saliency"' in page
+
+
 def test_overview_tiles_the_shared_columns_at_the_cell_width():
     def entry(value, panels):
         return {"pictures": {name: np.full((30, 40, 3), value, np.uint8) for name in panels}}

@@ -33,6 +33,11 @@ REPORT_DIR = "report"
 log = logging.getLogger(__name__)
 SCORE_STAGES = ("make_cam", "perimeterfit", "random_walk")
 MASK_STAGES = ("affinity_labels", "pseudo_labels")
+FOREGROUND_STAGES = {"saliency": "saliency", "refine_saliency": "refined saliency"}  # class-agnostic masks
+SALIENCY_SOURCES = {"folder": "your saliency maps", "ground_truth": "the binarised ground truth (an oracle, not a "
+                    "label-free result)", "spectral_residual": "OpenCV's spectral residual saliency, a model-free "
+                    "substitute for a trained saliency detector", "fine_grained": "OpenCV's fine-grained saliency, "
+                    "a model-free substitute for a trained saliency detector"}
 
 
 def _pct(value) -> str:
@@ -47,6 +52,8 @@ def stage_rows(run: Path) -> list[dict]:
     """One row per stage directory of the run that recorded metrics, in pipeline order."""
     rows = []
     for directory in sorted(p for p in run.iterdir() if p.is_dir() and (p / "manifest.json").exists()):
+        if directory.name in FOREGROUND_STAGES:  # two-class scores: see saliency_summary
+            continue
         manifest = read_manifest(directory) or {}
         metrics = manifest.get("metrics")
         if not metrics and not manifest.get("classification"):
@@ -252,6 +259,10 @@ def gallery(run: Path, dataset, ids: list[str], out: Path, device: str = "cpu",
         if path.exists():
             panels.append(("boundary map", np.repeat((read_boundary_map(path) * 255).astype(np.uint8)[..., None], 3,
                                                      axis=2)))
+        for stage, title in FOREGROUND_STAGES.items():
+            path = run / stage / f"{item_id}.png"
+            if path.exists():
+                panels.append((title, foreground_picture(read_mask(path, 2))))
         for stage, title in (("affinity_labels", "seeds"), ("pseudo_labels", "pseudo-label")):
             path = run / stage / f"{item_id}.png"
             if path.exists():
@@ -268,7 +279,7 @@ def gallery(run: Path, dataset, ids: list[str], out: Path, device: str = "cpu",
     return columns
 
 
-OVERVIEW_COLUMNS = ("image", "ground truth", "CAM", "pseudo-label", "prediction")
+OVERVIEW_COLUMNS = ("image", "ground truth", "CAM", "refined saliency", "pseudo-label", "prediction")
 OVERVIEW_FILE = "overview.png"
 
 
@@ -316,6 +327,32 @@ def boundary_summary(run: Path) -> str:
                      f"{_pct(m['precision'])}, recall {_pct(m['recall'])}, best F {_pct(m['f'])} at threshold "
                      f"{scored['threshold']:.2f}.</p>")
     return "<h2>Boundaries</h2>" + "".join(lines) if lines else ""
+
+
+def saliency_summary(run: Path) -> str:
+    """The saliency masks and their refinement (dissertation ch. 2): where the saliency came from, and
+    foreground precision / recall / IoU against the masks with every object class as foreground."""
+    lines = []
+    for stage, title in FOREGROUND_STAGES.items():
+        manifest = read_manifest(run / stage)
+        if not manifest:
+            continue
+        source = ((read_manifest(run / "saliency") or {}).get("config") or {}).get("source")
+        line = f"<p><b>{title}</b>" + (f" from {html.escape(SALIENCY_SOURCES.get(source, str(source)))}"
+                                       if stage == "saliency" else "")
+        foreground = ((manifest.get("metrics") or {}).get("per_class") or {}).get("foreground")
+        if foreground:
+            line += (f": foreground IoU {_pct(foreground['iou'])}, precision {_pct(foreground['precision'])}, "
+                     f"recall {_pct(foreground['recall'])} on the pixels it labels; "
+                     f"{_pct(manifest.get('unlabelled'))}% unlabelled")
+        lines.append(line + ".</p>")
+    return "<h2>Saliency</h2>" + "".join(lines) if lines else ""
+
+
+def foreground_picture(mask: np.ndarray) -> np.ndarray:
+    """A 0/1/255 foreground mask as RGB: background black, foreground white, unlabelled grey."""
+    return np.repeat(np.select([mask == 1, mask == IGNORE_INDEX], [255, 128], 0).astype(np.uint8)[..., None], 3,
+                     axis=2)
 
 
 def alarm_box(manifest: dict) -> str:
@@ -410,6 +447,7 @@ def write_report(run: Path, upper_bound: Path | None = None, gallery_size: int =
                     f"{_ratio(free_metrics.get('mfn'))}</td><td>{other}</td></tr>")
     body.append("</table>")
     body.append(boundary_summary(run))
+    body.append(saliency_summary(run))
     body.append(classifier_table(classifier))
     scored = [r for r in rows if r["metrics"].get("per_class")]
     if scored:
