@@ -9,11 +9,11 @@ import numpy as np
 
 from tagseg.artifacts import load_score_map
 from tagseg.data.dataset import Dataset, read_class_names
-from tagseg.data.imageio import IGNORE_INDEX, read_boundary_map, read_mask
+from tagseg.data.imageio import IGNORE_INDEX, read_boundary_map, read_label_map, read_mask
 from tagseg.errors import DataError
 from tagseg.label_free import SCORE_BINS, best_score_histogram, otsu, stage_threshold
 from tagseg.metrics import (BoundarySweep, ConfusionMatrix, ThresholdSweep, labels_from_scores,
-                            scores_from_confusion)
+                            scores_from_confusion, superpixel_scores)
 from tagseg.progress import parallel_map
 from tagseg.rundir import read_manifest
 from tagseg.skipping import skipped_by
@@ -55,11 +55,13 @@ class GroundTruth:
 
 
 def prediction_kind(folder: Path) -> str:
-    """'boundaries' when the folder's manifest says it holds boundary maps, else 'masks' when it holds
-    PNG masks, else 'scores' when it holds npz score maps."""
+    """'boundaries' or 'superpixels' when the folder's manifest says it holds boundary or superpixel maps,
+    else 'masks' when it holds PNG masks, else 'scores' when it holds npz score maps."""
     manifest = read_manifest(folder)
     if manifest is not None and manifest.get("kind") in BOUNDARY_MAP_KINDS:
         return "boundaries"
+    if manifest is not None and manifest.get("kind") in SUPERPIXEL_KINDS:
+        return "superpixels"
     visible = [p for p in folder.iterdir() if not p.name.startswith(".")]
     if any(p.suffix == ".png" for p in visible):
         return "masks"
@@ -129,6 +131,27 @@ def evaluate_foreground(prediction_dir: Path, truth: GroundTruth, workers: int =
             "unlabelled": round(float(unlabelled), 6)}
 
 
+SUPERPIXEL_KINDS = ("superpixels", "'superpixels' stage")
+
+
+def evaluate_superpixels(prediction_dir: Path, truth: GroundTruth, tolerance: float = DEFAULT_TOLERANCE,
+                         workers: int = 1) -> dict:
+    """Superpixel label maps (16-bit ``<id>.png``) against the class masks: UE, ASA, BR, BP and the count n of
+    :func:`tagseg.metrics.superpixel_scores`, each averaged over images."""
+    pairs = _paired(prediction_dir, truth, ".png")
+
+    def score(pair):
+        _, prediction_path, truth_path = pair
+        labels = read_label_map(prediction_path)
+        return superpixel_scores(labels, _read_pair(truth_path, labels, prediction_path, len(truth.class_names)),
+                                 tolerance)
+
+    per_image = list(parallel_map(score, pairs, len(pairs), "evaluating superpixels", workers))
+    metrics = {key: round(float(np.mean([s[key] for s in per_image if s[key] is not None])), 6)
+               if any(s[key] is not None for s in per_image) else None for key in ("n", "ue", "asa", "br", "bp")}
+    return {"kind": "superpixels", "num_images": len(pairs), "tolerance": tolerance, "metrics": metrics}
+
+
 def evaluate_scores(prediction_dir: Path, truth: GroundTruth, thresholds=DEFAULT_THRESHOLDS,
                     workers: int = 1, label_free: float | None = None) -> dict:
     """Score maps: with a background channel, argmax; without, sweep the background threshold and
@@ -192,11 +215,12 @@ def evaluate_boundaries(prediction_dir: Path, truth: GroundTruth, tolerance: flo
 
 
 def evaluate(prediction_dir: Path, truth: GroundTruth, workers: int = 1, thresholds=None, boundary: bool = False,
-             tolerance: float = DEFAULT_TOLERANCE) -> dict:
+             tolerance: float = DEFAULT_TOLERANCE, superpixels: bool = False) -> dict:
     """Evaluate whatever the folder holds; the result is JSON-ready.
 
     ``boundary`` scores its PNGs as boundary maps, which a boundary_maps stage folder gets without
-    asking; ``thresholds`` defaults to the grid of the kind found.
+    asking, and ``superpixels`` as superpixel label maps, as a superpixels stage folder does;
+    ``thresholds`` defaults to the grid of the kind found.
 
     Images the folder's stage skipped (unreadable, ``on_error: skip``) have no prediction: they
     are left out of the score and listed under ``skipped``.
@@ -206,8 +230,10 @@ def evaluate(prediction_dir: Path, truth: GroundTruth, workers: int = 1, thresho
         raise DataError(f"{prediction_dir}: prediction folder not found")
     skipped = sorted(set(skipped_by(read_manifest(prediction_dir))) & set(truth.masks))
     truth = replace(truth, masks={i: p for i, p in truth.masks.items() if i not in skipped})
-    kind = "boundaries" if boundary else prediction_kind(prediction_dir)
-    if kind == "boundaries":
+    kind = "boundaries" if boundary else "superpixels" if superpixels else prediction_kind(prediction_dir)
+    if kind == "superpixels":
+        result = evaluate_superpixels(prediction_dir, truth, tolerance, workers)
+    elif kind == "boundaries":
         result = evaluate_boundaries(prediction_dir, truth, tolerance, thresholds or BOUNDARY_THRESHOLDS, workers)
     elif kind == "masks":
         result = evaluate_masks(prediction_dir, truth, workers)

