@@ -143,7 +143,7 @@ def _parse_thresholds(text: str) -> tuple[float, ...]:
 @app.command("eval")
 def eval_command(
     prediction: Annotated[Path, typer.Argument(
-        help="Folder of <id>.png masks, <id>.npz score maps or <id>.png boundary maps.")],
+        help="Folder of <id>.png masks, <id>.npz score maps, <id>.png boundary maps or superpixel maps.")],
     truth: Annotated[Path, typer.Argument(help="Dataset root, or a folder of ground-truth PNG masks.")],
     split: Annotated[Optional[str], typer.Option(help="Dataset split to score (default: all with masks).")] = None,
     classes: Annotated[Optional[Path], typer.Option(help="Class names file, for a plain mask folder.")] = None,
@@ -153,13 +153,19 @@ def eval_command(
     boundary: Annotated[bool, typer.Option(
         "--boundary", help="Score the PNGs as class-agnostic boundary maps (8-bit gray, value / 255); "
                            "automatic for a boundary_maps stage folder.")] = False,
+    superpixels: Annotated[bool, typer.Option(
+        "--superpixels", help="Score the PNGs as superpixel label maps (UE, ASA, BR, BP, n); automatic for a "
+                              "superpixels stage folder.")] = False,
     tolerance: Annotated[float, typer.Option(
-        min=0, help="Boundary maps: how far (px) a predicted boundary pixel may lie from the true one.")] = 2.0,
+        min=0, help="Boundary and superpixel maps: how far (px) a predicted boundary pixel may lie from the "
+                    "true one.")] = 2.0,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Where to write the JSON result.")] = None,
     workers: Workers = 2,
 ) -> None:
     """mIoU, per-class IoU / precision / recall, pixel accuracy, mFP / mFN (SILOP eq. 3); for
-    boundary maps, boundary precision / recall and the best F-measure.
+    boundary maps, boundary precision / recall and the best F-measure; for superpixel maps,
+    undersegmentation error, achievable segmentation accuracy, boundary recall / precision and
+    the mean count, averaged per image (void excluded).
 
     Score maps without background, and boundary maps, are scored at every threshold of the grid;
     the best one is reported with the whole curve in the JSON.
@@ -173,8 +179,13 @@ def eval_command(
     else:
         ground_truth = GroundTruth.from_folder(truth, classes)
     grid = None if thresholds is None else _parse_thresholds(thresholds)
-    result = evaluate(prediction, ground_truth, workers, grid, boundary, tolerance)
-    if result["kind"] == "boundaries":
+    result = evaluate(prediction, ground_truth, workers, grid, boundary, tolerance, superpixels)
+    if result["kind"] == "superpixels":
+        metrics = result["metrics"]
+        out.print(f"superpixels: n {metrics['n']:.1f}  UE {_fmt(metrics['ue'])}  ASA {_fmt(metrics['asa'])}  "
+                  f"BR {_fmt(metrics['br'])}  BP {_fmt(metrics['bp'])} (within {result['tolerance']:g} px)  "
+                  f"images {result['num_images']}")
+    elif result["kind"] == "boundaries":
         metrics = result["metrics"]
         threshold = "-" if result["threshold"] is None else f"{result['threshold']:.2f}"
         out.print(f"boundaries within {result['tolerance']:g} px: precision {_fmt(metrics['precision'])}  "
@@ -665,6 +676,71 @@ def refine_saliency_command(
     _print_foreground_scores(STAGE, make_refined_saliency(dataset, run, settings, workers=workers, force=force))
 
 
+@app.command("superpixels")
+def superpixels_command(
+    dataset_path: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset root.")],
+    run: Annotated[Path, typer.Argument(help="Run directory; writes RUN/superpixels/.")],
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    split: Annotated[str, typer.Option(help="Split to make superpixels for.")] = "train",
+    device: Device = "auto",
+    workers: Workers = 2,
+    force: Force = False,
+    on_error: OnErrorOption = "stop",
+) -> None:
+    """Superpixel label maps (dissertation ch. 3): discovered from patch features, or SLIC / SEEDS / LSC;
+    scored with UE / ASA / boundary recall and precision when the dataset has masks.
+
+    Keys: method (discovery | slic | seeds | lsc), features (cnn | vit), backbone (null: efficientnet_lite0
+    or vit_small_dino8), weights (imagenet or a file), tau (auto or a number in [0, 1)), target_count (29),
+    tau_sample (40), crf (false), crf_settings.*, image_size (auto).
+    """
+    from tagseg.config import load_config
+    from tagseg.runtime import resolve_device
+    from tagseg.stages.superpixels import STAGE, SuperpixelConfig, make_superpixels
+
+    settings = load_config(SuperpixelConfig, config, overrides)
+    log_to_run(run)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
+    manifest = make_superpixels(dataset, run, settings, device=resolve_device(device), workers=workers, force=force)
+    line = f"{STAGE}: {settings.method}" + (f", tau {manifest['tau']:.3f}" if manifest.get("tau") is not None else "")
+    metrics = manifest.get("metrics")
+    if metrics:
+        line += (f"; n {metrics['n']:.1f}, UE {_fmt(metrics['ue'])}, ASA {_fmt(metrics['asa'])}, "
+                 f"BR {_fmt(metrics['br'])}, BP {_fmt(metrics['bp'])}")
+    out.print(line)
+
+
+@app.command("superpixel-seeds")
+def superpixel_seeds_command(
+    dataset_path: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset root.")],
+    run: Annotated[Path, typer.Argument(help="Run directory with RUN/make_cam/ and RUN/superpixels/; writes "
+                                             "RUN/superpixel_seeds/.")],
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    split: Annotated[str, typer.Option(help="Split to seed.")] = "train",
+    workers: Workers = 2,
+    force: Force = False,
+    on_error: OnErrorOption = "stop",
+) -> None:
+    """Sparse seeds (dissertation eq. 3.4-3.5): confident CAM pixels, and the least object-like superpixel
+    as background; the rest unlabelled, for training with region growing.
+
+    Keys: cams (make_cam), superpixels (superpixels), alpha (0.5).
+    """
+    from tagseg.config import load_config
+    from tagseg.stages.superpixel_seeds import STAGE, SuperpixelSeedsConfig, make_superpixel_seeds
+
+    settings = load_config(SuperpixelSeedsConfig, config, overrides)
+    log_to_run(run)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
+    manifest = make_superpixel_seeds(dataset, run, settings, workers=workers, force=force)
+    quality = manifest.get("seed_quality")
+    if quality:
+        out.print(f"{STAGE}: {_fmt(quality['labelled_fraction'])}% of pixels seeded, precision "
+                  f"{_fmt(quality['precision'])}%")
+
+
 @app.command("train-seg")
 def train_seg_command(
     dataset_path: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset root.")],
@@ -685,7 +761,9 @@ def train_seg_command(
     objective (masks | saliency: the saliency loss on a refine_saliency or saliency stage's foreground masks,
     dissertation eq. 2.7), loss_scales ([1]: also train on these rescaled copies, losses summed),
     attention_paths (0: off; N masked copies per crop for the image-masking attention loss, eq. 2.8-2.11),
-    attention_weight (2), classifier (train_cam: the stage whose frozen classifier judges the masked images).
+    attention_weight (2), classifier (train_cam: the stage whose frozen classifier judges the masked images),
+    objective seeds (the balanced seed loss on sparse seeds, e.g. labels=superpixel_seeds, eq. 3.8) with
+    growth (a superpixel stage: seeds grow into superpixels every step, eq. 3.6-3.7) and growth_beta (0.7).
     """
     from tagseg.config import load_config
     from tagseg.runtime import resolve_device

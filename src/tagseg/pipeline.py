@@ -46,6 +46,8 @@ def _specs() -> dict[str, StageSpec]:
     from tagseg.stages.refine_saliency import STAGE as RS, RefineSaliencyConfig, make_refined_saliency
     from tagseg.stages.saliency import STAGE as SA, SaliencyConfig, make_saliency
     from tagseg.stages.segment import STAGE as SG, SegmentConfig, segment_split
+    from tagseg.stages.superpixel_seeds import STAGE as SS, SuperpixelSeedsConfig, make_superpixel_seeds
+    from tagseg.stages.superpixels import STAGE as SP, SuperpixelConfig, make_superpixels
     from tagseg.stages.train_affinity import STAGE as TA, AffinityTrainConfig, train_affinity
     from tagseg.stages.train_cam import STAGE as TC, CamTrainConfig, train_cam
     from tagseg.stages.train_seg import STAGE as TS, SegTrainConfig, train_seg
@@ -69,6 +71,8 @@ def _specs() -> dict[str, StageSpec]:
         PL: StageSpec(PseudoLabelConfig, cpu_stage(make_pseudo_labels), lambda c, r: PL),
         SA: StageSpec(SaliencyConfig, cpu_stage(make_saliency), lambda c, r: SA),
         RS: StageSpec(RefineSaliencyConfig, cpu_stage(make_refined_saliency), lambda c, r: RS),
+        SP: StageSpec(SuperpixelConfig, device_stage(make_superpixels), lambda c, r: SP),
+        SS: StageSpec(SuperpixelSeedsConfig, cpu_stage(make_superpixel_seeds), lambda c, r: SS),
         TS: StageSpec(SegTrainConfig, device_stage(train_seg), lambda c, r: TS),
         SG: StageSpec(SegmentConfig, lambda r, train, held_out, c: segment_split(
             held_out or train, r.run, c, device=r.device, workers=r.workers),

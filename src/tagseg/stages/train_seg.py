@@ -11,6 +11,10 @@ saliency loss (eq. 2.7), and ``attention_paths`` > 0 adds the image-masking atte
 judged by the run's frozen classifier (eq. 2.8-2.12), which combines with either objective.
 ``loss_scales`` feeds rescaled copies of each crop too and sums their losses (§2.3.3 uses
 1, 0.75 and 0.5).
+
+The dissertation's ch. 3 (:mod:`tagseg.models.region_growing`): ``objective: seeds`` learns from
+sparse seeds (the superpixel_seeds stage) with the balanced seed loss (eq. 3.8), and ``growth``
+names a superpixel stage whose superpixels the seeds grow into at every step (eq. 3.6-3.7).
 """
 
 from __future__ import annotations
@@ -25,13 +29,14 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tagseg.data.dataset import Dataset
-from tagseg.data.imageio import IGNORE_INDEX, read_image, read_mask
+from tagseg.data.imageio import IGNORE_INDEX, read_image, read_label_map, read_mask
 from tagseg.data.transforms import normalize, random_scale_flip_crop
 from tagseg.config import positive_scales
 from tagseg.errors import ConfigError, DataError, StageError
 from tagseg.models.backbones import create_backbone
 from tagseg.models.cam import CamNet
 from tagseg.models.image_masking import masking_attention_loss, saliency_loss
+from tagseg.models.region_growing import balanced_seed_loss, grow_seeds
 from tagseg.models.segmentation import SegmentationNet, build_segmentation_net
 from tagseg.rundir import atomic_write, file_digest, finished_stage, stage_dir
 from tagseg.skipping import record_skipped, without_skipped_by
@@ -69,9 +74,10 @@ class SegTrainConfig(BaseModel):
     weight_decay: float = Field(1e-4, ge=0, description="L2 weight decay")
     freeze_bn: bool = Field(True, description="keep the backbone's BatchNorm statistics fixed (small batches)")
     seed: int = Field(0, description="data order and augmentation depend only on (seed, epoch, image)")
-    objective: Literal["masks", "saliency"] = Field(
+    objective: Literal["masks", "saliency", "seeds"] = Field(
         "masks", description="masks: cross-entropy on class masks; saliency: the saliency loss on 0/1/255 "
-                             "foreground masks (dissertation eq. 2.7)")
+                             "foreground masks (dissertation eq. 2.7); seeds: the balanced seed loss on sparse "
+                             "class seeds (eq. 3.8)")
     loss_scales: tuple[float, ...] = Field((1.0,), description="each crop also at these scales, losses summed "
                                                                "(the dissertation: [1, 0.75, 0.5])")
     attention_paths: int = Field(0, ge=0, description="image-masking attention loss: masked copies per crop, N of "
@@ -79,6 +85,10 @@ class SegTrainConfig(BaseModel):
     attention_weight: float = Field(2.0, gt=0, description="its weight, lambda_seg of eq. 2.12")
     classifier: str = Field("train_cam", description="the run's CAM stage whose frozen classifier judges the "
                                                      "masked images")
+    growth: str | None = Field(None, description="objective seeds: a superpixel stage of the run whose superpixels "
+                                                 "the seeds grow into at every step (eq. 3.6-3.7); null = no growth")
+    growth_beta: float = Field(0.7, gt=0, lt=1, description="a superpixel's unlabelled pixels take the class whose "
+                                                            "mean probability there exceeds this (eq. 3.7)")
 
     _scales = field_validator("loss_scales")(positive_scales)
 
@@ -87,24 +97,29 @@ class SegTrainConfig(BaseModel):
         if self.objective == "saliency" and self.labels == GROUND_TRUTH:
             raise ValueError("objective 'saliency' reads foreground masks: run the saliency stage with "
                              "source: ground_truth and set labels: saliency")
+        if self.growth is not None and self.objective != "seeds":
+            raise ValueError(f"growth grows seeds: it needs objective 'seeds' (objective is {self.objective!r})")
         return self
 
     def identity(self) -> dict:
         """The settings that determine the trained network; the ch. 2 keys at their defaults are left out,
         so runs made before they existed stay valid, and the classifier only matters with the attention loss."""
         unused = set() if self.attention_paths else {"attention_paths", "attention_weight", "classifier"}
+        unused |= set() if self.growth else {"growth", "growth_beta"}
         unused |= {"objective"} if self.objective == "masks" else set()
         unused |= {"loss_scales"} if self.loss_scales == (1.0,) else set()
         return {k: v for k, v in self.model_dump(mode="json").items() if k not in unused}
 
 
 class MaskCrops(torch.utils.data.Dataset):
-    """Augmented crops, their masks, tags (multi-hot) and real-pixel masks; randomness depends only on
-    (seed, epoch, index). Masks are class masks, or 0/1/255 foreground masks with ``foreground``."""
+    """Augmented crops, their masks, tags (multi-hot), real-pixel masks and superpixel maps (all -1 without
+    ``region_paths``); randomness depends only on (seed, epoch, index). Masks are class masks, or 0/1/255
+    foreground masks with ``foreground``."""
 
     def __init__(self, dataset: Dataset, mask_paths: list[Path], config: SegTrainConfig, mean, std,
-                 foreground: bool = False) -> None:
+                 foreground: bool = False, region_paths: list[Path] | None = None) -> None:
         self.dataset, self.mask_paths, self.config = dataset, mask_paths, config
+        self.region_paths = region_paths
         self.mean, self.std = mean, std
         self.mask_classes = 2 if foreground else dataset.num_classes
         self.epoch = 0
@@ -119,11 +134,22 @@ class MaskCrops(torch.utils.data.Dataset):
         if mask.shape != image.shape[:2]:
             raise DataError(f"{self.mask_paths[index]}: mask {mask.shape} does not match image {record.image_path}")
         rng = np.random.default_rng([self.config.seed, self.epoch, index])
-        crop, valid, mask = random_scale_flip_crop(image, rng, self.config.crop_size, self.config.scale_range, mask)
+        if self.region_paths is None:
+            crop, valid, mask = random_scale_flip_crop(image, rng, self.config.crop_size, self.config.scale_range,
+                                                       mask)
+            regions = np.full(mask.shape, -1, np.int32)
+        else:
+            regions = read_label_map(self.region_paths[index])
+            if regions.shape != image.shape[:2]:
+                raise DataError(f"{self.region_paths[index]}: superpixel map {regions.shape} does not match image "
+                                f"{record.image_path}")
+            crop, valid, mask, regions = random_scale_flip_crop(image, rng, self.config.crop_size,
+                                                                self.config.scale_range, mask, regions)
         pixels = normalize(crop, self.mean, self.std)
         pixels[:, ~valid] = 0.0
         return (torch.from_numpy(pixels), torch.from_numpy(mask.astype(np.int64)),
-                torch.from_numpy(self.dataset.multi_hot(record.labels)), torch.from_numpy(valid))
+                torch.from_numpy(self.dataset.multi_hot(record.labels)), torch.from_numpy(valid),
+                torch.from_numpy(regions.astype(np.int64)))
 
 
 def build_net(config: SegTrainConfig, num_classes: int, weights: str | None) -> SegmentationNet:
@@ -174,6 +200,10 @@ def train_seg(dataset: Dataset, run: Path, config: SegTrainConfig, *, device: st
     if len(dataset) < config.batch_size:
         raise ConfigError(f"train_seg: {len(dataset)} images are fewer than batch_size {config.batch_size}")
     mask_paths = _mask_paths(dataset, run, config.labels)
+    region_paths = None
+    if config.growth is not None:
+        finished_stage(run, config.growth, STAGE)
+        region_paths = _mask_paths(dataset, run, config.growth)
     classifier_path = run / config.classifier / CAM_MODEL_FILE
     if config.attention_paths and not classifier_path.exists():
         raise StageError(f"{classifier_path}: attention_paths needs the run's trained classifier "
@@ -192,29 +222,36 @@ def train_seg(dataset: Dataset, run: Path, config: SegTrainConfig, *, device: st
         optimizer = build_optimizer(net, net.new_modules(), config.optimizer, config.lr, config.head_lr_multiplier,
                                     config.momentum, config.weight_decay)
         crops = MaskCrops(dataset, mask_paths, config, net.backbone.mean, net.backbone.std,
-                          foreground=config.objective == "saliency")
+                          foreground=config.objective == "saliency", region_paths=region_paths)
         classifier = frozen_classifier(classifier_path, device) if config.attention_paths else None
 
         def step_loss(batch, step: int, total_steps: int) -> dict:
-            images, masks, tags, valid = (t.to(device) for t in batch)
+            images, masks, tags, valid, regions = (t.to(device) for t in batch)
             images = images.contiguous(memory_format=torch.channels_last)
             outputs = [net(images) if scale == 1 else F.interpolate(
                 net(F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)),
                 size=images.shape[-2:], mode="bilinear", align_corners=False) for scale in config.loss_scales]
+            extra = {}
             if config.objective == "saliency":
                 main = sum(saliency_loss(logits, masks, tags) for logits in outputs)
+            elif config.objective == "seeds":
+                if config.growth is not None:  # eq. 3.6-3.7, from the initial seeds every step
+                    masks = grow_seeds(F.softmax(outputs[0].detach().float(), dim=1), masks, regions, tags,
+                                       config.growth_beta)
+                extra["labelled"] = ((masks != IGNORE_INDEX) & valid).sum() / valid.sum().clamp_min(1)
+                main = sum(balanced_seed_loss(logits, masks) for logits in outputs)
             elif (masks != IGNORE_INDEX).any():
                 main = sum(F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX) for logits in outputs)
             else:  # every pixel ignored: no signal, and a mean over nothing is NaN
                 main = sum(logits.sum() * 0.0 for logits in outputs)
             if classifier is None:
-                return {"loss": main}
+                return {"loss": main, **extra}
             draws = torch.Generator().manual_seed(config.seed * 1_000_003 + step)  # the same coins on resume
             attention = masking_attention_loss(
                 classifier, images, outputs[0], tags, valid, config.attention_paths, draws,
                 (net.backbone.mean, net.backbone.std), (classifier.backbone.mean, classifier.backbone.std))
             return {"loss": main + config.attention_weight * attention, config.objective: main.detach(),
-                    "attention": attention.detach()}
+                    "attention": attention.detach(), **extra}
 
         steps = training_steps(len(dataset), config.batch_size, config.epochs, config.steps, config.min_steps)
         history, steps_run = train_epochs(
