@@ -144,3 +144,21 @@ def test_imagenet_download_failure_says_offline(monkeypatch):
     monkeypatch.setattr(timm, "create_model", offline_create)
     with pytest.raises(ConfigError, match=r"could not be downloaded.*offline.*weights: /path/to/file\.pth"):
         create_backbone("resnet50", weights="imagenet")
+
+
+def test_dino8_keys_come_on_the_stride_8_grid():
+    from tagseg.models.patch_features import patch_features
+
+    with pytest.raises(ConfigError, match="output_stride must be 8"):
+        create_backbone("vit_small_dino8", weights=None)
+    net = create_backbone("vit_small_dino8", weights=None, output_stride=8).eval()
+    keys = patch_features(net, torch.zeros(1, 3, 60, 70), "vit")
+    assert keys.shape == (1, 384, 8, 9)  # padded up to a multiple of the patch
+    cnn_net = create_backbone(weights=None).eval()
+    cnn = patch_features(cnn_net, torch.randn(1, 3, 60, 70), "cnn")
+    assert cnn.shape[-2:] == (8, 9)
+    start = 0
+    for channels in [*cnn_net.level_channels, cnn_net.out_channels]:  # every level unit-normalised per patch
+        norms = cnn[0, start:start + channels].norm(dim=0)
+        torch.testing.assert_close(norms, torch.ones_like(norms), atol=1e-4, rtol=0)
+        start += channels

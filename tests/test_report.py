@@ -107,6 +107,26 @@ def test_saliency_stages_have_their_own_section_and_gallery_panels(tmp_path, mak
     assert 'alt="refined saliency"' in page and 'alt="saliency"' in page
 
 
+def test_superpixel_stages_have_a_section_and_gallery_panels(tmp_path, make_voc):
+    from tagseg.data.imageio import write_label_map, write_mask
+
+    run = write_run(tmp_path / "run", make_voc())
+    (run / "superpixels").mkdir()
+    (run / "superpixels" / "manifest.json").write_text(json.dumps(
+        {"status": "complete", "config": {"method": "discovery", "features": "cnn"}, "tau": 0.45, "tolerance": 2.0,
+         "metrics": {"n": 28.9, "ue": 0.082, "asa": 0.959, "br": 0.608, "bp": 0.131}}))
+    write_label_map(run / "superpixels" / "a.png", np.arange(24 * 32).reshape(24, 32) // 100)
+    (run / "superpixel_seeds").mkdir()
+    (run / "superpixel_seeds" / "manifest.json").write_text(json.dumps(
+        {"status": "complete", "seed_quality": {"labelled_fraction": 0.3, "precision": 0.9,
+                                                "foreground_precision": 0.8}}))
+    write_mask(run / "superpixel_seeds" / "a.png", np.full((24, 32), 255, np.uint8))
+    page = write_report(run, gallery_size=1).read_text()
+    assert "28.9 per image, undersegmentation error 8.2, achievable accuracy 95.9" in page
+    assert "30.0% of the pixels, precision 90.0%" in page
+    assert 'alt="superpixels"' in page and 'alt="superpixel seeds"' in page
+
+
 def test_overview_tiles_the_shared_columns_at_the_cell_width():
     def entry(value, panels):
         return {"pictures": {name: np.full((30, 40, 3), value, np.uint8) for name in panels}}

@@ -22,7 +22,8 @@ import numpy as np
 from tagseg.artifacts import load_score_map
 from tagseg.classifier_check import advice, finding_lines
 from tagseg.data.dataset import open_dataset
-from tagseg.data.imageio import IGNORE_INDEX, VOC_PALETTE, colorize, read_boundary_map, read_image, read_mask, write_image
+from tagseg.data.imageio import (IGNORE_INDEX, VOC_PALETTE, colorize, read_boundary_map, read_image, read_label_map,
+                                 read_mask, write_image)
 from tagseg.pipeline import PIPELINE_FILE
 from tagseg.refine.bes import BOUNDARY, FOREGROUND, IGNORE
 from tagseg.rundir import atomic_write_text, read_manifest
@@ -259,6 +260,12 @@ def gallery(run: Path, dataset, ids: list[str], out: Path, device: str = "cpu",
         if path.exists():
             panels.append(("boundary map", np.repeat((read_boundary_map(path) * 255).astype(np.uint8)[..., None], 3,
                                                      axis=2)))
+        path = run / "superpixels" / f"{item_id}.png"
+        if path.exists():
+            panels.append(("superpixels", superpixel_picture(read_label_map(path), image)))
+        path = run / "superpixel_seeds" / f"{item_id}.png"
+        if path.exists():
+            panels.append(("superpixel seeds", colorize(read_mask(path, dataset.num_classes))))
         for stage, title in FOREGROUND_STAGES.items():
             path = run / stage / f"{item_id}.png"
             if path.exists():
@@ -347,6 +354,38 @@ def saliency_summary(run: Path) -> str:
                      f"{_pct(manifest.get('unlabelled'))}% unlabelled")
         lines.append(line + ".</p>")
     return "<h2>Saliency</h2>" + "".join(lines) if lines else ""
+
+
+def superpixel_summary(run: Path) -> str:
+    """The superpixels (dissertation ch. 3) and the seeds grown from them, when the run has them."""
+    lines = []
+    manifest = read_manifest(run / "superpixels")
+    if manifest:
+        config = manifest.get("config") or {}
+        line = f"<p><b>superpixels</b> ({html.escape(str(config.get('method')))}"
+        if manifest.get("tau") is not None:
+            line += f", {html.escape(str(config.get('features')))} features, tau {manifest['tau']:.3f}"
+        line += ")"
+        metrics = manifest.get("metrics")
+        if metrics:
+            line += (f": {metrics['n']:.1f} per image, undersegmentation error {_pct(metrics['ue'])}, achievable "
+                     f"accuracy {_pct(metrics['asa'])}, boundary recall {_pct(metrics['br'])} and precision "
+                     f"{_pct(metrics['bp'])} (within {manifest.get('tolerance', 2):g} px)")
+        lines.append(line + ".</p>")
+    quality = (read_manifest(run / "superpixel_seeds") or {}).get("seed_quality")
+    if quality:
+        lines.append(f"<p><b>seeds</b>: {_pct(quality['labelled_fraction'])}% of the pixels, precision "
+                     f"{_pct(quality['precision'])}% (foreground {_pct(quality['foreground_precision'])}%).</p>")
+    return "<h2>Superpixels</h2>" + "".join(lines) if lines else ""
+
+
+def superpixel_picture(labels: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """The image with its superpixel boundaries drawn in white."""
+    from tagseg.metrics import superpixel_boundaries
+
+    picture = image.copy()
+    picture[superpixel_boundaries(labels)] = 255
+    return picture
 
 
 def foreground_picture(mask: np.ndarray) -> np.ndarray:
@@ -448,6 +487,7 @@ def write_report(run: Path, upper_bound: Path | None = None, gallery_size: int =
     body.append("</table>")
     body.append(boundary_summary(run))
     body.append(saliency_summary(run))
+    body.append(superpixel_summary(run))
     body.append(classifier_table(classifier))
     scored = [r for r in rows if r["metrics"].get("per_class")]
     if scored:
