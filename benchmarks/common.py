@@ -43,3 +43,28 @@ def write_result(out: Path, result: dict, table: str | None = None) -> None:
     out.write_text(json.dumps(result, indent=2) + "\n")
     if table is not None:
         out.with_suffix(".md").write_text(table if table.endswith("\n") else table + "\n")
+
+
+def merge_rows(earlier: list[dict], new: list[dict], key) -> list[dict]:
+    """An earlier result's rows, each replaced in place by the row of ``new`` with the same ``key(row)``, then
+    the rest of ``new``: a long benchmark can run its seeds or rows in several sittings."""
+    fresh = {key(r): r for r in new}
+    merged = [fresh.pop(key(r), r) for r in earlier]
+    return merged + [r for r in new if key(r) in fresh]
+
+
+def earlier_rows(out: Path) -> list[dict]:
+    """The rows of the result file ``out`` when it exists."""
+    return json.loads(out.read_text())["rows"] if out.exists() else []
+
+
+def run_stages(recipe_file: Path, run: Path, names: list[str], keys: list[str], linked: dict[str, Path]) -> None:
+    """Run the stages ``names`` of a recipe into ``run`` with ``keys`` as --set, after linking the stage
+    directories ``linked`` (stage -> an earlier run's directory) in: rows that share their first stages
+    train them once."""
+    from tagseg.pipeline import load_recipe, run_recipe
+
+    for stage, source in linked.items():
+        link(source, run / stage)
+    recipe, configs = load_recipe(recipe_file, [f"run={run}", "upper_bound_run=null", *keys])
+    run_recipe(recipe, {name: configs[name] for name in names})

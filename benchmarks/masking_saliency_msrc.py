@@ -24,14 +24,13 @@ live in --runs and resume; rows of an earlier result file that this call does no
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from common import MSRC, ROOT, class_iou, link, machine, pct, write_result
-from tagseg.pipeline import load_recipe, run_recipe
+import common
+from common import MSRC, ROOT, class_iou, earlier_rows, machine, merge_rows, pct, write_result
 from tagseg.rundir import read_manifest
 from tagseg.runtime import setup_logging
 from tagseg.threads import set_threads
@@ -52,12 +51,7 @@ def row_keys(row: str) -> list[str]:
 
 
 def run_stages(run: Path, names: list[str], keys: list[str], linked: dict[str, Path], args) -> None:
-    """Run ``names`` of the recipe in ``run`` (with ``keys`` as --set), the ``linked`` stage dirs linked in."""
-    for stage, source in linked.items():
-        link(source, run / stage)
-    recipe, configs = load_recipe(RECIPE, [f"dataset={args.data}", f"run={run}", "upper_bound_run=null", *keys,
-                                           *args.overrides])
-    run_recipe(recipe, {name: configs[name] for name in names})
+    common.run_stages(RECIPE, run, names, [f"dataset={args.data}", *keys, *args.overrides], linked)
 
 
 def foreground(manifest: dict | None) -> dict | None:
@@ -115,11 +109,6 @@ def key(r: dict) -> tuple:
     return r["row"], r["saliency"], r["scales"], r["seed"]
 
 
-def merge(earlier: list[dict], new: list[dict]) -> list[dict]:
-    fresh = {key(r) for r in new}
-    return [r for r in earlier if key(r) not in fresh] + new
-
-
 def table(rows: list[dict]) -> str:
     def cell(value):
         return "-" if value is None else f"{value:.1f}" if isinstance(value, float) else str(value)
@@ -170,11 +159,11 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging("INFO")
     set_threads(args.threads)
-    earlier = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
+    earlier = earlier_rows(args.out)
     started, rows = time.time(), []
 
     def save() -> None:
-        merged = merge(earlier, rows)
+        merged = merge_rows(earlier, rows, key)
         write_result(args.out, {"benchmark": "masking_saliency_msrc", "dataset": str(args.data), "split": "val",
                                 "machine": machine(), "wall_seconds": round(time.time() - started, 1),
                                 "rows": merged}, table(merged))
@@ -188,7 +177,7 @@ def main() -> None:
                 for row in args.rows:
                     rows.append(run_row(row, source, scales, seed, args))
                     save()
-    print(table(merge(earlier, rows)))
+    print(table(merge_rows(earlier, rows, key)))
 
 
 if __name__ == "__main__":

@@ -20,13 +20,12 @@ sittings. With several seeds a mean +- std table follows.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from common import MSRC, ROOT, class_iou, machine, pct, write_result
+from common import MSRC, ROOT, class_iou, earlier_rows, machine, merge_rows, pct, write_result
 from tagseg.pipeline import load_recipe, run_recipe
 from tagseg.rundir import read_manifest
 from tagseg.runtime import setup_logging
@@ -92,14 +91,6 @@ def run_row(row: str, seed: int, lambda2: float | None, args) -> dict:
     return result
 
 
-def merge(earlier: list[dict], new: list[dict]) -> list[dict]:
-    """``earlier`` rows that ``new`` does not rerun, then ``new``; ordered by seed, rows in first-seen order."""
-    fresh = {(r["row"], r["seed"]) for r in new}
-    rows = [r for r in earlier if (r["row"], r["seed"]) not in fresh] + new
-    order = {name: i for i, name in enumerate(dict.fromkeys(r["row"] for r in rows))}
-    return sorted(rows, key=lambda r: (r["seed"], order[r["row"]]))
-
-
 def summary(rows: list[dict]) -> list[dict]:
     """Per row name: mean and sample std over seeds of the CAM and walk mIoUs (oracle and label-free)."""
     out = []
@@ -161,7 +152,7 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging("INFO")
     set_threads(args.threads)
-    earlier = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
+    earlier = earlier_rows(args.out)
     started, rows = time.time(), []
     for seed in args.seeds:  # seeds outermost: a cut-short run still compares rows on the same seeds
         for row in args.rows:
@@ -172,13 +163,13 @@ def main() -> None:
                 for name, value in dict.fromkeys([(base, None), (row, lambda2)]):
                     if not any(r["seed"] == seed and r["row"] == name and value is None for r in rows):
                         rows.append(run_row(name, seed, value, args))
-                merged = merge(earlier, rows)
+                merged = merge_rows(earlier, rows, lambda r: (r["row"], r["seed"]))
                 result = {"benchmark": "seam_smoothing_msrc", "dataset": str(args.data), "split": "train",
                           "command": " ".join(["python", *sys.argv]),
                           "machine": machine(),
                           "wall_seconds": round(time.time() - started, 1), "rows": merged, "summary": summary(merged)}
                 write_result(args.out, result, table(merged))
-    print(table(merge(earlier, rows)))
+    print(table(merge_rows(earlier, rows, lambda r: (r["row"], r["seed"]))))
 
 
 if __name__ == "__main__":
