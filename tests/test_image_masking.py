@@ -164,6 +164,23 @@ def test_one_step_trains_the_segmenter_and_leaves_the_classifier_bit_identical()
     assert all(p.grad is None for p in classifier.parameters())
 
 
+def test_the_paths_batched_together_equal_each_path_alone():
+    torch.manual_seed(0)
+    classifier = build_cam_net("cam", create_backbone(weights=None), 2).eval().requires_grad_(False)
+    pixels, logits = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    tags, valid = torch.tensor([[1.0, 1.0], [0.0, 1.0]]), torch.ones(2, 32, 32, dtype=torch.bool)
+    stats = (classifier.backbone.mean, classifier.backbone.std)
+    together = masking_attention_loss(classifier, pixels, logits, tags, valid, 3, torch.Generator().manual_seed(5),
+                                      stats, stats)
+    generator, alone = torch.Generator().manual_seed(5), []
+    probabilities = torch.softmax(logits, dim=1)
+    for _ in range(3):
+        draws = (torch.rand(tags.shape, generator=generator) < 0.5) & tags.bool()
+        scores = classifier.class_scores(masked_image(pixels, attention_map(probabilities, draws)), valid)
+        alone.append(attention_loss(scores, tags, draws))
+    torch.testing.assert_close(together, sum(alone) / 3, rtol=1e-5, atol=1e-6)
+
+
 # --- stages ------------------------------------------------------------------------------------------------
 
 def _write_maps(folder, dataset, transform):

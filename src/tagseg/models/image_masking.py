@@ -97,10 +97,9 @@ def masking_attention_loss(classifier, pixels: torch.Tensor, logits: torch.Tenso
     """
     probabilities = F.softmax(logits.float(), dim=1)
     inputs = renormalize(pixels, *pixel_stats, *classifier_stats)
-    total = logits.new_zeros(())
-    for _ in range(paths):
-        draws = (torch.rand(tags.shape, generator=generator) < 0.5).to(tags.device) & tags.bool()
-        masked = masked_image(inputs, attention_map(probabilities, draws))
-        total = total + attention_loss(classifier.class_scores(masked, valid), tags, draws)
-    return total / paths
-
+    draws = [(torch.rand(tags.shape, generator=generator) < 0.5).to(tags.device) & tags.bool() for _ in range(paths)]
+    # every path's masked image in one batch: the frozen classifier's BatchNorm is in eval mode, so each
+    # image is scored as if alone, and one large batch uses the cores better than N small ones
+    masked = torch.cat([masked_image(inputs, attention_map(probabilities, d)) for d in draws])
+    scores = classifier.class_scores(masked, None if valid is None else valid.repeat(paths, 1, 1))
+    return sum(attention_loss(s, tags, d) for s, d in zip(scores.chunk(paths), draws)) / paths
