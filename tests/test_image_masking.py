@@ -292,3 +292,14 @@ def test_masking_saliency_recipe_is_valid():
     assert configs["make_cam"].reduce == "max" and configs["train_seg"].objective == "saliency"
     assert configs["train_seg"].attention_paths == 2 and configs["train_cam"].head == "dilated"
     assert recipe.image_size == "auto"  # sizes follow the data
+
+
+def test_a_score_map_with_a_background_channel_is_refused_by_name(tmp_path):
+    from tagseg.artifacts import load_foreground_scores, save_score_map
+
+    path = tmp_path / "x.npz"
+    save_score_map(path, np.zeros((2, 3, 4), np.float32), [0, 1])
+    with pytest.raises(StageError, match=r"x.npz: refine_saliency needs foreground-only score maps"):
+        load_foreground_scores(path, "refine_saliency")
+    save_score_map(path, np.zeros((1, 3, 4), np.float32), [1])
+    assert load_foreground_scores(path, "refine_saliency")[1].tolist() == [1]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tagseg.errors import DataError
+from tagseg.errors import DataError, StageError
 from tagseg.rundir import atomic_write
 
 
@@ -30,4 +30,13 @@ def load_score_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: damaged score map ({error})") from None
     if scores.ndim != 3 or scores.shape[0] != len(classes):
         raise DataError(f"{path}: score map has shape {scores.shape} for {len(classes)} classes")
+    return scores, classes
+
+
+def load_foreground_scores(path: Path, needed_by: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`load_score_map` of a map of tagged classes only; one with a background channel (a
+    segmentation's) raises StageError, as the stages ``needed_by`` that threshold it cannot use it."""
+    scores, classes = load_score_map(path)
+    if 0 in classes:
+        raise StageError(f"{path}: {needed_by} needs foreground-only score maps (no background channel)")
     return scores, classes

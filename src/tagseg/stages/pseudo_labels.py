@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from tagseg.artifacts import load_score_map
+from tagseg.artifacts import load_foreground_scores
 from tagseg.config import CrfConfig
 from tagseg.data.dataset import Dataset
 from tagseg.data.imageio import IGNORE_INDEX, read_image, write_mask
@@ -77,9 +77,7 @@ def pseudo_label(scores: np.ndarray, classes: np.ndarray, threshold: float, imag
 
 def _label_job(job: tuple) -> None:
     score_path, image_path, out_path, threshold, gt_prob, crf_params, ignore_band = job
-    scores, classes = load_score_map(score_path)
-    if 0 in classes:
-        raise StageError(f"{score_path}: pseudo_labels needs foreground-only score maps (no background channel)")
+    scores, classes = load_foreground_scores(score_path, STAGE)
     image = read_image(image_path)[0] if crf_params is not None else None
     if image is not None and image.shape[:2] != scores.shape[1:]:
         raise StageError(f"{score_path}: score map {scores.shape[1:]} does not match image {image_path}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tagseg.artifacts import load_score_map
+from tagseg.artifacts import load_foreground_scores
 from tagseg.data.dataset import Dataset
 from tagseg.data.imageio import read_mask, write_mask
 from tagseg.errors import StageError
@@ -58,10 +58,7 @@ def make_refined_saliency(dataset: Dataset, run: Path, config: RefineSaliencyCon
         log.info("refine_saliency: %d of %d images to do", len(todo), len(dataset))
 
         def make(item_id: str) -> None:
-            scores, classes = load_score_map(run / config.cams / f"{item_id}.npz")
-            if 0 in classes:
-                raise StageError(f"{run / config.cams / item_id}.npz: refine_saliency needs foreground-only "
-                                 "score maps (no background channel)")
+            scores, classes = load_foreground_scores(run / config.cams / f"{item_id}.npz", STAGE)
             salient_path = run / config.saliency / f"{item_id}.png"
             salient = read_mask(salient_path, 2)
             if salient.shape != scores.shape[1:]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tagseg.artifacts import load_score_map
+from tagseg.artifacts import load_foreground_scores
 from tagseg.data.dataset import Dataset
 from tagseg.data.imageio import read_label_map, write_mask
 from tagseg.errors import StageError
@@ -52,10 +52,7 @@ def make_superpixel_seeds(dataset: Dataset, run: Path, config: SuperpixelSeedsCo
         log.info("superpixel_seeds: %d of %d images to do", len(todo), len(dataset))
 
         def make(item_id: str) -> None:
-            scores, classes = load_score_map(run / config.cams / f"{item_id}.npz")
-            if 0 in classes:
-                raise StageError(f"{run / config.cams / item_id}.npz: superpixel_seeds needs foreground-only "
-                                 "score maps (no background channel)")
+            scores, classes = load_foreground_scores(run / config.cams / f"{item_id}.npz", STAGE)
             regions_path = run / config.superpixels / f"{item_id}.png"
             regions = read_label_map(regions_path)
             if regions.shape != scores.shape[1:]:
