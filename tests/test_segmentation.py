@@ -100,3 +100,51 @@ def test_bad_model_file_is_named(tmp_path):
         load_seg_net(bad)
     with pytest.raises(DataError, match="no trained segmentation model"):
         load_seg_net(tmp_path / "missing.pt")
+
+
+def test_onnx_export_matches_pytorch_and_predicts_the_same_masks(synthetic, tmp_path):
+    from typer.testing import CliRunner
+
+    from tagseg.cli import app
+    from tagseg.export import OnnxSegmenter
+
+    train = open_dataset(synthetic, "train")
+    run = tmp_path / "run"
+    train_seg(train, run, SegTrainConfig(**TINY, head="deeplabv2", labels="ground_truth"))
+    result = CliRunner().invoke(app, ["export", str(run)])
+    assert result.exit_code == 0, result.output
+    exported = run / "export" / "model.onnx"
+    assert "onnxruntime matches PyTorch" in result.output and exported.exists()
+    segmenter = OnnxSegmenter(exported)
+    net, saved = load_seg_net(run / "train_seg" / "model.pt")
+    assert segmenter.class_names == tuple(saved["class_names"]) and segmenter.backbone.mean == net.backbone.mean
+    batch = torch.randn(1, 3, 50, 70)  # a size the export never saw
+    with torch.no_grad():
+        torch.testing.assert_close(segmenter(batch), net(batch), atol=1e-3, rtol=1e-3)
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for record in train.records[:2]:
+        shutil.copy(record.image_path, folder / record.image_path.name)
+    config = SegmentConfig(scales=(1.0,))
+    predict_folder(run / "train_seg" / "model.pt", folder, tmp_path / "pt", config)
+    predict_folder(exported, folder, tmp_path / "onnx", config)
+    for record in train.records[:2]:
+        same = read_mask(tmp_path / "pt" / f"{record.id}.png", 3) == read_mask(tmp_path / "onnx" / f"{record.id}.png", 3)
+        assert same.mean() > 0.99  # float differences may flip a pixel on a tie
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(DataError, match="bad.onnx: not a TagSeg ONNX export"):
+        predict_folder(bad, folder, tmp_path / "bad_out", config)
+
+
+def test_export_without_the_onnx_extra_says_how_to_install_it(tmp_path, monkeypatch):
+    import sys
+
+    from tagseg.errors import ConfigError
+    from tagseg.export import export_onnx
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"pip install 'tagseg\[onnx\]'"):
+        export_onnx(tmp_path / "model.pt", tmp_path / "model.onnx")

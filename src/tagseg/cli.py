@@ -810,7 +810,8 @@ def segment_command(
 
 @app.command("predict")
 def predict_command(
-    model: Annotated[Path, typer.Argument(help="A trained model: RUN/train_seg/model.pt.")],
+    model: Annotated[Path, typer.Argument(help="A trained model: RUN/train_seg/model.pt, or its ONNX export "
+                                                "(tagseg export; needs onnxruntime).")],
     images_dir: Annotated[Path, typer.Argument(metavar="IMAGES_DIR", help="Folder of images (no tags needed).")],
     out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="Writes <id>.png masks and overlays/<id>.jpg.")],
     config: ConfigFile = None,
@@ -835,6 +836,27 @@ def predict_command(
         out.print(f"  {name}: {message}")
     if failed:
         raise typer.Exit(1)
+
+
+@app.command("export")
+def export_command(
+    run: Annotated[Path, typer.Argument(help="Run directory with RUN/train_seg/model.pt.")],
+    format: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="Where to write (default RUN/export/model.onnx).")]
+    = None,
+    opset: Annotated[int, typer.Option(min=13, help="ONNX opset version.")] = 17,
+) -> None:
+    """Export the trained segmentation network (any image size, logits at the input size) with its class
+    names and normalisation; checked with onnxruntime against PyTorch before it is written."""
+    from tagseg.export import export_onnx
+    from tagseg.stages.train_seg import MODEL_FILE, STAGE
+
+    if format != "onnx":
+        raise typer.BadParameter(f"unknown format {format!r}; only onnx", param_hint="--format")
+    target = out_path or run / "export" / "model.onnx"
+    result = export_onnx(run / STAGE / MODEL_FILE, target, opset)
+    out.print(f"export: {target} (opset {opset}); onnxruntime matches PyTorch within "
+              f"{result['max_abs_difference']:.1e} on shapes {result['checked_shapes']}")
 
 
 @app.command("run")

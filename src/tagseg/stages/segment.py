@@ -21,6 +21,7 @@ from tagseg.data.imageio import colorize, read_image, write_image, write_mask
 from tagseg.data.transforms import resize, to_batch
 from tagseg.errors import DataError
 from tagseg.evaluate import GroundTruth, evaluate_masks
+from tagseg.export import OnnxSegmenter, load_segmenter
 from tagseg.models.segmentation import SegmentationNet
 from tagseg.progress import parallel_map, track
 from tagseg.refine.crf import CrfParams, crf_probabilities
@@ -106,13 +107,16 @@ def predict_folder(model_path: Path, images_dir: Path, out_dir: Path, config: Se
                    device: str = "cpu", force: bool = False) -> dict:
     """Masks (``<id>.png``) and overlays (``overlays/<id>.jpg``) for every image in a folder.
 
-    An unreadable image is reported and skipped; the others are still done. Reruns skip
-    images already predicted.
+    ``model_path`` is a ``model.pt`` or its ONNX export (``tagseg export``, run by onnxruntime). An
+    unreadable image is reported and skipped; the others are still done. Reruns skip images
+    already predicted.
     """
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     if not images_dir.is_dir():
         raise DataError(f"{images_dir}: image folder not found")
-    net, saved = load_seg_net(model_path, device)
+    net, class_names = load_segmenter(model_path, device)
+    if isinstance(net, OnnxSegmenter):
+        device = "cpu"  # onnxruntime hands back host arrays
     problems: list[Problem] = []
     images = find_images(images_dir, problems)
     if not images:
@@ -136,5 +140,5 @@ def predict_folder(model_path: Path, images_dir: Path, out_dir: Path, config: Se
             write_mask(folder.item_path(item_id, ".png"), mask)
             write_image(folder.item_path(item_id, ".jpg", "overlays"), overlay(image, mask))
             done += 1
-        folder.record(items_computed=done, failed=failed, class_names=list(saved["class_names"]))
+        folder.record(items_computed=done, failed=failed, class_names=list(class_names))
         return folder.manifest
