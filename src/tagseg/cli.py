@@ -56,24 +56,17 @@ def _root(version: Annotated[bool, typer.Option("--version", help="Print the ver
 
 @data_app.command("check")
 def data_check(
-    path: Annotated[Path, typer.Argument(help="Dataset root (VOC layout or images/ + tags CSV).")],
+    path: Annotated[Path, typer.Argument(help="Dataset root (VOC layout, COCO layout or images/ + tags CSV).")],
     split: Annotated[Optional[list[str]], typer.Option("--split", help="Split(s) to check; default: all.")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON.")] = None,
     workers: Workers = 2,
 ) -> None:
     """Report splits, classes, per-class image counts and every bad file; exit 1 on errors."""
     from tagseg.data.check import check_dataset
-    from tagseg.data.dataset import open_dataset
-    from tagseg.data.voc import available_splits
+    from tagseg.data.dataset import list_splits, open_dataset
 
-    splits = split or None
-    if splits is None:
-        probe = open_dataset(path, None, strict=False)
-        found = list(probe.splits) or ([] if probe.format == "folder" else list(available_splits(path)))
-        splits = found or [None]
-        datasets = [probe] if splits == [None] else [open_dataset(path, s, strict=False) for s in splits]
-    else:
-        datasets = [open_dataset(path, s, strict=False) for s in splits]
+    splits = split or list_splits(path) or [None]
+    datasets = [open_dataset(path, s, strict=False) for s in splits]
     report = check_dataset(datasets, workers)
 
     summary = Table(title=f"{path} ({report.format} layout)", show_header=False)

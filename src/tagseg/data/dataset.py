@@ -107,7 +107,10 @@ class Dataset:
         if not hasattr(self, "_content_key"):
             digest = hashlib.sha256(repr((self.format, self.class_names, self.split)).encode())
             for r in self.records:
-                mask = r.mask_path.relative_to(self.root).as_posix() if r.mask_path else None
+                mask = None
+                if r.mask_path is not None:  # COCO's rasterised masks live in a cache outside the root
+                    mask = (r.mask_path.relative_to(self.root).as_posix() if r.mask_path.is_relative_to(self.root)
+                            else r.mask_path.name)
                 digest.update(repr((r.id, r.labels, r.image_path.relative_to(self.root).as_posix(), mask)).encode())
             self._content_key = digest.hexdigest()[:16]
         return self._content_key
@@ -258,13 +261,17 @@ def find_images(directory: Path, problems: list[Problem]) -> dict[str, Path]:
 
 
 def list_splits(root: Path | str) -> list[str]:
-    """Names of the splits a dataset defines (VOC split files, or the folder CSV's split column)."""
+    """Names of the splits a dataset defines (VOC split files, COCO annotation files, or the folder CSV's
+    split column)."""
+    from tagseg.data import coco
     from tagseg.data.folder import TAG_FILES
     from tagseg.data.voc import available_splits
 
     root = Path(root)
     if (root / "JPEGImages").is_dir():
         return list(available_splits(root))
+    if coco.is_coco(root):
+        return list(coco.available_splits(root))
     tags_csv = next((root / name for name in TAG_FILES if (root / name).exists()), None)
     if tags_csv is None:
         return []
@@ -272,12 +279,14 @@ def list_splits(root: Path | str) -> list[str]:
 
 
 def open_dataset(root: Path | str, split: str | None = None, *, strict: bool = True) -> Dataset:
-    """Open a dataset, detecting its layout: PASCAL VOC (``JPEGImages/``) or a folder (``images/``).
+    """Open a dataset, detecting its layout: PASCAL VOC (``JPEGImages/``), COCO (``annotations/instances_*.json``)
+    or a folder (``images/`` + a tags CSV).
 
-    ``split`` picks a subset (VOC ``ImageSets/Segmentation/<split>.txt``, or the folder
-    CSV's ``split`` column); None means every image. With ``strict`` any error raises
+    ``split`` picks a subset (VOC ``ImageSets/Segmentation/<split>.txt``, a COCO annotation file, or the
+    folder CSV's ``split`` column); None means every image (not for COCO, opened one split at a time). With ``strict`` any error raises
     :class:`DatasetError`; warnings stay in ``dataset.problems``.
     """
+    from tagseg.data import coco
     from tagseg.data.folder import index_folder
     from tagseg.data.voc import index_voc
 
@@ -286,11 +295,13 @@ def open_dataset(root: Path | str, split: str | None = None, *, strict: bool = T
         raise DataError(f"{root}: dataset directory not found")
     if (root / "JPEGImages").is_dir():
         dataset = index_voc(root, split)
+    elif coco.is_coco(root):
+        dataset = coco.index_coco(root, split)
     elif (root / "images").is_dir():
         dataset = index_folder(root, split)
     else:
-        raise DataError(f"{root}: not a dataset: expected JPEGImages/ (PASCAL VOC layout) "
-                        "or images/ + a tags CSV (folder layout)")
+        raise DataError(f"{root}: not a dataset: expected JPEGImages/ (PASCAL VOC layout), annotations/"
+                        "instances_*.json (COCO layout) or images/ + a tags CSV (folder layout)")
     if strict and dataset.errors:
         raise DatasetError(root, dataset.errors)
     return dataset
