@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -51,6 +53,10 @@ def _root(version: Annotated[bool, typer.Option("--version", help="Print the ver
     if version:
         typer.echo(f"tagseg {__version__}")
         raise typer.Exit()
+    from tagseg.distributed import launched
+
+    if launched() and os.environ.get("RANK", "0") != "0" and log_level.upper() in ("DEBUG", "INFO"):
+        log_level = "WARNING"  # one process of a torchrun group reports; the others only warn
     setup_logging(log_level)
 
 
@@ -856,18 +862,27 @@ def export_command(
 def run_command(
     recipe_path: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML (see recipes/).")],
     overrides: Overrides = None,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="Processes (one per GPU, or CPU processes with gloo): "
+                                                             "starts torchrun with this many.")] = 1,
 ) -> None:
     """Run a recipe's stages in order into one run directory; a rerun resumes where it stopped.
 
     Override any recipe key with --set, e.g. --set run=runs/x --set stages.train_cam.epochs=3
-    or --set on_error=skip (leave unreadable images out instead of stopping).
+    or --set on_error=skip (leave unreadable images out instead of stopping). With --nproc N (or
+    under torchrun) the training stages train one model in N processes; rank 0 writes every file.
     """
+    from tagseg.distributed import is_main, launched
     from tagseg.pipeline import load_recipe, run_recipe
     from tagseg.skipping import skipped_in_run
 
     recipe, configs = load_recipe(recipe_path, overrides)
-    log_to_run(recipe.run)
+    if nproc > 1 and not launched():
+        raise typer.Exit(_torchrun(nproc))
+    if os.environ.get("RANK", "0") == "0":  # one log file, written by rank 0
+        log_to_run(recipe.run)
     record = run_recipe(recipe, configs)
+    if not is_main():
+        return
     manifests = {name: read_manifest(recipe.run / entry["output"]) or {} for name, entry in record["stages"].items()}
     for name, entry in record["stages"].items():
         manifest = manifests[name]
@@ -882,6 +897,22 @@ def run_command(
                   f"and the report): {', '.join(skipped)}")
     for manifest in manifests.values():
         _print_alarm(manifest, recipe.dataset)
+
+
+def _torchrun(nproc: int) -> int:
+    """This same command under torchrun with ``nproc`` processes (without --nproc); returns its exit code."""
+    arguments, skip = [], False
+    for argument in sys.argv[1:]:
+        if skip or argument.startswith("--nproc="):
+            skip = False
+            continue
+        skip = argument == "--nproc"
+        if not skip:
+            arguments.append(argument)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "tagseg", *arguments]
+    logging.getLogger("tagseg").info("run: %s", " ".join(command))
+    return subprocess.call(command)
 
 
 @app.command("report")

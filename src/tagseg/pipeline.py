@@ -25,6 +25,7 @@ from tagseg.rundir import read_manifest, write_json
 from tagseg.sizing import ImageSize, resolve_image_size
 
 PIPELINE_FILE = "pipeline.json"
+TRAINING_STAGES = ("train_cam", "train_affinity", "train_seg")  # under torchrun every process trains them together
 log = logging.getLogger(__name__)
 
 
@@ -117,12 +118,17 @@ def load_recipe(path: Path, overrides: list[str] | None = None) -> tuple[Recipe,
 
 
 def run_recipe(recipe: Recipe, configs: dict[str, BaseModel]) -> dict:
-    """Run (or resume) every stage; returns the pipeline record."""
+    """Run (or resume) every stage; returns the pipeline record.
+
+    Under torchrun the training stages run on every process together and the per-image stages on
+    rank 0 while the others wait; rank 0 alone writes ``pipeline.json``."""
+    from tagseg import distributed
     from tagseg.data.dataset import open_dataset
     from tagseg.runtime import resolve_device
     from tagseg.skipping import readable_only
 
-    recipe = recipe.model_copy(update={"device": resolve_device(recipe.device)})
+    recipe = recipe.model_copy(update={"device": distributed.local_device(resolve_device(recipe.device))})
+    distributed.init_from_env(recipe.device)
     train = open_dataset(recipe.dataset, recipe.train_split)
     held_out = open_dataset(recipe.dataset, recipe.eval_split) if recipe.eval_split else None
     if recipe.on_error == "skip":
@@ -130,6 +136,7 @@ def run_recipe(recipe: Recipe, configs: dict[str, BaseModel]) -> dict:
         held_out = readable_only(held_out, recipe.workers) if held_out is not None else None
     record_path = recipe.run / PIPELINE_FILE
     record = read_pipeline_record(record_path)
+    distributed.barrier()  # every process read the record before rank 0 changes it
     image_size = resolve_image_size(recipe.image_size, train)
     log.info("run: image size %d px (%s)", image_size,
              "median long side of the train split" if recipe.image_size == "auto" else "recipe")
@@ -148,11 +155,15 @@ def run_recipe(recipe: Recipe, configs: dict[str, BaseModel]) -> dict:
             continue
         log.info("run: stage %s", name)
         record["stages"][name] = {"config": section, "status": "running", "output": output}
-        write_json(record_path, record)
+        if distributed.is_main():
+            write_json(record_path, record)
         started = time.perf_counter()
-        specs[name].run(recipe, train, held_out, config)
+        if name in TRAINING_STAGES or distributed.is_main():
+            specs[name].run(recipe, train, held_out, config)
+        distributed.barrier()
         record["stages"][name].update(status="complete", seconds=round(time.perf_counter() - started, 2))
-        write_json(record_path, record)
+        if distributed.is_main():
+            write_json(record_path, record)
     return record
 
 

@@ -75,10 +75,14 @@ class ArtifactDir:
 
     Use as a context manager: entering takes an exclusive lock (two processes never mix
     their outputs), checks the config, and sweeps stale temporaries.
+
+    ``collective``: every process of a torchrun group enters together (a training stage). Rank 0
+    owns the directory as above; the others wait for it, check the same config and write nothing
+    (their :meth:`record` only updates their copy of the manifest).
     """
 
     def __init__(self, path: Path, kind: str, config: dict, *, force: bool = False,
-                 manifest_name: str = MANIFEST) -> None:
+                 manifest_name: str = MANIFEST, collective: bool = False) -> None:
         self.path = Path(path)
         self.kind = kind
         self.config = json.loads(json.dumps(config, default=str))  # plain JSON types, compared as stored
@@ -87,8 +91,37 @@ class ArtifactDir:
         self._lock_file = None
         self._started = 0.0
         self.manifest: dict[str, Any] = {}
+        self._group = None
+        if collective:
+            from tagseg import distributed  # imports torch: only where processes train together
+
+            self._group = distributed if distributed.active() else None
+        self._shadow = self._group is not None and not self._group.is_main()
 
     def __enter__(self) -> "ArtifactDir":
+        if self._shadow:
+            self._group.barrier()  # rank 0 has locked, checked (and with force wiped) the directory
+            previous = self._read_manifest()
+            self._check(previous)
+            self.manifest = previous or {"kind": self.kind, "config": self.config, "created": _now(),
+                                         "timings": {"seconds": 0.0, "items_computed": 0}}
+            self._started = time.perf_counter()
+            return self
+        try:
+            return self._enter_owner()
+        finally:
+            if self._group is not None:
+                self._group.barrier()
+
+    def _check(self, previous: dict | None) -> None:
+        if previous is not None and previous.get("config") != self.config and not self.force:
+            changes = config_differences(previous.get("config", {}), self.config)
+            raise StageError(
+                f"{self.path} was made with a different {self.kind} config "
+                f"({'; '.join(changes)}). Rerun with --force to recompute it, "
+                "or write to another directory.")
+
+    def _enter_owner(self) -> "ArtifactDir":
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock_file = open(self.path / ".lock", "w")
         try:
@@ -98,12 +131,7 @@ class ArtifactDir:
             raise StageError(f"{self.path}: another tagseg process is writing here; wait for it to finish") from None
         previous = self._read_manifest()
         if previous is not None and previous.get("config") != self.config:
-            if not self.force:
-                changes = config_differences(previous.get("config", {}), self.config)
-                raise StageError(
-                    f"{self.path} was made with a different {self.kind} config "
-                    f"({'; '.join(changes)}). Rerun with --force to recompute it, "
-                    "or write to another directory.")
+            self._check(previous)
             self._wipe()
             previous = None
         self._sweep_temporaries()
@@ -115,6 +143,12 @@ class ArtifactDir:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self._shadow:
+            if exc_type is None:
+                self._group.barrier()  # rank 0 writes the final manifest after the others are done
+            return
+        if self._group is not None and exc_type is None:
+            self._group.barrier()
         try:
             timings = self.manifest["timings"]
             timings["seconds"] = round(timings["seconds"] + time.perf_counter() - self._started, 3)
@@ -156,12 +190,13 @@ class ArtifactDir:
         self.manifest["timings"]["items_computed"] += items_computed
         self.manifest.update(fields)
         self.manifest["updated"] = _now()
-        write_json(self.manifest_path, self.manifest)
+        if not self._shadow:
+            write_json(self.manifest_path, self.manifest)
 
 
-def stage_dir(run: Path, stage: str, config: dict, *, force: bool = False) -> ArtifactDir:
-    """The artifact directory of one pipeline stage: ``<run>/<stage>/``."""
-    return ArtifactDir(Path(run) / stage, f"'{stage}' stage", config, force=force)
+def stage_dir(run: Path, stage: str, config: dict, *, force: bool = False, collective: bool = False) -> ArtifactDir:
+    """The artifact directory of one pipeline stage: ``<run>/<stage>/`` (``collective``: see :class:`ArtifactDir`)."""
+    return ArtifactDir(Path(run) / stage, f"'{stage}' stage", config, force=force, collective=collective)
 
 
 def file_digest(path: Path) -> str:

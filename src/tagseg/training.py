@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tagseg import distributed
+from tagseg.errors import ConfigError
 from tagseg.progress import track
 from tagseg.rundir import ArtifactDir, atomic_write
 from tagseg.threads import worker_count
@@ -24,16 +26,42 @@ from tagseg.threads import worker_count
 log = logging.getLogger(__name__)
 
 
+def epoch_batches(items: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """One epoch's global batches (a shuffle that depends only on (seed, epoch); an incomplete last batch
+    dropped), each cut into ``world`` equal parts of which this process takes part ``rank``.
+
+    With one process the order is the one a shuffling DataLoader with this generator gives (it draws
+    a worker seed before the permutation), so runs made before several processes existed repeat."""
+    if batch_size % world:
+        raise ConfigError(f"batch_size {batch_size} does not split over {world} processes; use a multiple of {world}")
+    order = torch.Generator().manual_seed(seed * 1000 + epoch)
+    torch.empty((), dtype=torch.int64).random_(generator=order)  # the DataLoader's worker seed
+    permutation = torch.randperm(items, generator=order).tolist()
+    share = batch_size // world
+    return [permutation[start + rank * share:start + (rank + 1) * share]
+            for start in range(0, items - batch_size + 1, batch_size)]
+
+
 def epoch_loader(crops: torch.utils.data.Dataset, batch_size: int, seed: int, epoch: int,
                  workers: int = 1) -> torch.utils.data.DataLoader:
-    """One epoch's batches: the shuffle depends only on (seed, epoch); an incomplete last batch is dropped.
-
-    ``workers`` loader processes, capped at the thread budget (torch runs each single-threaded)."""
+    """One epoch's batches of this process (:func:`epoch_batches`); ``workers`` loader processes, capped at
+    the thread budget (torch runs each single-threaded)."""
     crops.epoch = epoch
-    order = torch.Generator().manual_seed(seed * 1000 + epoch)
     workers = worker_count(workers)
-    return torch.utils.data.DataLoader(crops, batch_size=batch_size, shuffle=True, generator=order, drop_last=True,
-                                       num_workers=workers if workers > 1 else 0)
+    batches = epoch_batches(len(crops), batch_size, seed, epoch, distributed.rank(), distributed.world_size())
+    return torch.utils.data.DataLoader(crops, batch_sampler=batches, num_workers=workers if workers > 1 else 0)
+
+
+class _Step(nn.Module):
+    """A training step as a module, so DistributedDataParallel sees the forward pass of every head's loss
+    (heads compute their losses in methods of their own, not in ``forward``)."""
+
+    def __init__(self, net: nn.Module, step_loss: Callable) -> None:
+        super().__init__()
+        self.net, self.step_loss = net, step_loss
+
+    def forward(self, batch, step: int, total: int) -> dict:
+        return self.step_loss(batch, step, total)
 
 
 def build_optimizer(net: nn.Module, new_modules: list[nn.Module], kind: str, lr: float, new_lr_multiplier: float,
@@ -83,6 +111,8 @@ def train_epochs(net: nn.Module, optimizer: torch.optim.Optimizer, stage: Artifa
     The poly learning-rate schedule runs over the ``steps``; a checkpoint is written after every pass.
     ``crops`` is a dataset with an ``epoch`` attribute its augmentation depends on;
     ``step_loss(batch, step, total_steps)`` returns a dict of losses whose ``loss`` entry is minimised.
+    Under torchrun the processes train one model (DistributedDataParallel, each its share of every
+    batch); rank 0 writes the checkpoints, which any number of processes can resume from.
     """
     on_gpu = device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=on_gpu)
@@ -97,6 +127,13 @@ def train_epochs(net: nn.Module, optimizer: torch.optim.Optimizer, stage: Artifa
         history, first_epoch = state["history"], state["epoch"]
         log.info("%s: resuming after pass %d of %d", name, first_epoch, epochs)
     steps_run = 0
+    step_module = _Step(net, step_loss)
+    if distributed.active():
+        from torch.nn.parallel import DistributedDataParallel
+
+        on_cuda = device.startswith("cuda")
+        step_module = DistributedDataParallel(step_module, device_ids=[torch.device(device)] if on_cuda else None,
+                                              find_unused_parameters=True)
     for epoch in range(first_epoch, epochs):
         set_train_mode()
         started, sums = time.perf_counter(), {}
@@ -106,7 +143,7 @@ def train_epochs(net: nn.Module, optimizer: torch.optim.Optimizer, stage: Artifa
             step = epoch * steps_per_epoch + index
             poly_lr(optimizer, step, steps)
             with torch.autocast("cuda", enabled=on_gpu):
-                parts = step_loss(batch, step, steps)
+                parts = step_module(batch, step, steps)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(parts["loss"]).backward()
             scaler.step(optimizer)
@@ -114,12 +151,13 @@ def train_epochs(net: nn.Module, optimizer: torch.optim.Optimizer, stage: Artifa
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
         steps_run += in_this_pass
+        means = distributed.mean_over_ranks({k: v / in_this_pass for k, v in sums.items()})
         history.append({"epoch": epoch + 1, "steps": in_this_pass, "seconds": round(time.perf_counter() - started, 2),
-                        **{k: round(v / in_this_pass, 5) for k, v in sums.items()}})
+                        **{k: round(v, 5) for k, v in means.items()}})
         log.info("%s: pass %d loss %.4f (%.0f s)", name, epoch + 1, history[-1]["loss"], history[-1]["seconds"])
         state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                  "history": history, "epoch": epoch + 1}
-        atomic_write(checkpoint_path, lambda tmp: torch.save(state, tmp))
+        distributed.on_main(lambda: atomic_write(checkpoint_path, lambda tmp: torch.save(state, tmp)))
         stage.record(history=history)
     return history, steps_run
 

@@ -27,6 +27,7 @@ from tagseg.models.backbones import create_backbone
 from tagseg.refine.affinity_labels import pair_labels
 from tagseg.refine.bes import FOREGROUND
 from tagseg.refine.random_walk import neighbor_offsets
+from tagseg import distributed
 from tagseg.rundir import atomic_write, finished_stage, stage_dir
 from tagseg.skipping import record_skipped, without_skipped_by
 from tagseg.stages.affinity_labels import STAGE as SEED_STAGE
@@ -134,7 +135,7 @@ def train_affinity(dataset: Dataset, run: Path, config: AffinityTrainConfig, *, 
         raise ConfigError(f"train_affinity: {len(dataset)} images are fewer than batch_size {config.batch_size}")
     stage_config = {**config.identity(), "labels_config": labels["config"],
                     **dataset.identity()}
-    with stage_dir(run, STAGE, stage_config, force=force) as stage:
+    with stage_dir(run, STAGE, stage_config, force=force, collective=True) as stage:
         model_path = stage.path / MODEL_FILE
         if model_path.exists():
             log.info("train_affinity: already trained (%s)", model_path)
@@ -159,7 +160,7 @@ def train_affinity(dataset: Dataset, run: Path, config: AffinityTrainConfig, *, 
             crops=crops, batch_size=config.batch_size, seed=config.seed, workers=workers, step_loss=step_loss,
             set_train_mode=net.train, device=device, name=STAGE)
         saved = {"state_dict": net.state_dict(), "config": config.model_dump()}
-        atomic_write(model_path, lambda tmp: torch.save(saved, tmp))
+        distributed.on_main(lambda: atomic_write(model_path, lambda tmp: torch.save(saved, tmp)))
         stage.record(items_computed=steps_run * config.batch_size, steps=steps, train_images=len(dataset),
                      history=history,
                      seconds_per_epoch=mean_epoch_seconds(history))

@@ -36,6 +36,7 @@ from tagseg.models.backbones import create_backbone
 from tagseg.models.cam import CamNet, build_cam_net
 from tagseg.models.smoothing import SmoothedCamNet, canny_edges
 from tagseg.progress import track
+from tagseg import distributed
 from tagseg.rundir import ArtifactDir, atomic_write, file_digest, read_manifest, stage_dir
 from tagseg.sizing import REFERENCE_SIZE
 from tagseg.skipping import record_skipped
@@ -286,7 +287,7 @@ def train_cam(dataset: Dataset, run: Path, config: CamTrainConfig, *, device: st
         stage_config["boundaries_source"] = smoothing_source(config.smoothing, records)
     if eval_dataset is None and config.holdout_fraction > 0:
         stage_config["holdout_fraction"] = config.holdout_fraction  # it changes the training images
-    with stage_dir(run, STAGE, stage_config, force=force) as stage:
+    with stage_dir(run, STAGE, stage_config, force=force, collective=True) as stage:
         model_path = stage.path / MODEL_FILE
         if model_path.exists():
             log.info("train_cam: already trained (%s)", model_path)
@@ -330,7 +331,7 @@ def train_cam(dataset: Dataset, run: Path, config: CamTrainConfig, *, device: st
                      ", ".join(f"{name} {'-' if ap is None else f'{100 * ap:.1f}'}"
                                for name, ap in fields["classification"]["per_class"].items()))
         saved = {"state_dict": net.state_dict(), "config": config.model_dump(), "class_names": dataset.class_names}
-        atomic_write(model_path, lambda tmp: torch.save(saved, tmp))
+        distributed.on_main(lambda: atomic_write(model_path, lambda tmp: torch.save(saved, tmp)))
         stage.record(items_computed=steps_run * config.batch_size, steps=steps, train_images=len(records), **fields)
         record_skipped(stage, *[d for d in (dataset, eval_dataset) if d is not None])
         check_classifier(stage, dataset, records, config)

@@ -28,16 +28,17 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tagseg.config import positive_scales
 from tagseg.data.dataset import Dataset
 from tagseg.data.imageio import IGNORE_INDEX, read_image, read_label_map, read_mask
 from tagseg.data.transforms import normalize, random_scale_flip_crop
-from tagseg.config import positive_scales
 from tagseg.errors import ConfigError, DataError, StageError
 from tagseg.models.backbones import create_backbone
 from tagseg.models.cam import CamNet
 from tagseg.models.image_masking import masking_attention_loss, saliency_loss
 from tagseg.models.region_growing import balanced_seed_loss, grow_seeds
 from tagseg.models.segmentation import SegmentationNet, build_segmentation_net
+from tagseg import distributed
 from tagseg.rundir import atomic_write, file_digest, finished_stage, stage_dir
 from tagseg.skipping import record_skipped, without_skipped_by
 from tagseg.stages.train_cam import MODEL_FILE as CAM_MODEL_FILE, load_cam_net
@@ -211,7 +212,7 @@ def train_seg(dataset: Dataset, run: Path, config: SegTrainConfig, *, device: st
     stage_config = {**config.identity(), **dataset.identity(), "classes": list(dataset.class_names)}
     if config.attention_paths:
         stage_config["classifier_digest"] = file_digest(classifier_path)
-    with stage_dir(run, STAGE, stage_config, force=force) as stage:
+    with stage_dir(run, STAGE, stage_config, force=force, collective=True) as stage:
         model_path = stage.path / MODEL_FILE
         if model_path.exists():
             log.info("train_seg: already trained (%s)", model_path)
@@ -259,7 +260,7 @@ def train_seg(dataset: Dataset, run: Path, config: SegTrainConfig, *, device: st
             crops=crops, batch_size=config.batch_size, seed=config.seed, workers=workers, step_loss=step_loss,
             set_train_mode=lambda: set_train_mode(net, config.freeze_bn), device=device, name=STAGE)
         saved = {"state_dict": net.state_dict(), "config": config.model_dump(), "class_names": dataset.class_names}
-        atomic_write(model_path, lambda tmp: torch.save(saved, tmp))
+        distributed.on_main(lambda: atomic_write(model_path, lambda tmp: torch.save(saved, tmp)))
         stage.record(items_computed=steps_run * config.batch_size, steps=steps, train_images=len(dataset),
                      history=history,
                      seconds_per_epoch=mean_epoch_seconds(history))

@@ -1,0 +1,99 @@
+"""Several processes (torch.distributed, gloo on CPU): one model trained together, rank 0 writing every file."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tagseg.data.dataset import open_dataset
+from tagseg.data.make_synthetic import write_synthetic_dataset
+from tagseg.stages.train_cam import CamTrainConfig, train_cam
+from tagseg.training import epoch_batches
+
+# SGD: its update is linear in the gradient, so the two runs' float rounding stays as small as it is
+TINY = dict(epochs=1, min_steps=0, steps=2, batch_size=4, crop_size=64, weights=None, optimizer="sgd", lr=0.01,
+            seed=3)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "data"
+    write_synthetic_dataset(root, 12, seed=4, size=(64, 48), val_fraction=0.25)
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_in_group(rank: int, world: int, port: int, root, run, settings=None) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from tagseg.distributed import init_from_env
+
+    init_from_env("cpu")
+    try:
+        train_cam(open_dataset(root, "train"), run, CamTrainConfig(**(settings or TINY)))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_each_process_takes_its_share_of_the_same_global_batches():
+    whole = epoch_batches(11, 4, seed=2, epoch=1)
+    halves = [epoch_batches(11, 4, seed=2, epoch=1, rank=r, world=2) for r in (0, 1)]
+    assert [a + b for a, b in zip(*halves)] == whole and len(whole) == 2
+    with pytest.raises(Exception, match="does not split over 3 processes"):
+        epoch_batches(11, 4, 0, 0, rank=0, world=3)
+
+
+def test_two_processes_train_the_weights_one_process_trains(synthetic, tmp_path):
+    torch.multiprocessing.spawn(train_in_group, args=(2, free_port(), synthetic, tmp_path / "two"), nprocs=2)
+    train_cam(open_dataset(synthetic, "train"), tmp_path / "one", CamTrainConfig(**TINY))
+    one, two = (torch.load(tmp_path / r / "train_cam" / "model.pt", weights_only=False) for r in ("one", "two"))
+    for key, value in one["state_dict"].items():
+        torch.testing.assert_close(two["state_dict"][key], value, rtol=1e-4, atol=1e-5)
+    assert not list((tmp_path / "two" / "train_cam").glob(".*tmp-*"))  # no half-written file left
+    losses = [h["loss"] for h in read(tmp_path / "two")["history"]]
+    assert losses == pytest.approx([h["loss"] for h in read(tmp_path / "one")["history"]], rel=1e-4)
+
+
+def test_a_killed_run_resumes_with_another_number_of_processes(synthetic, tmp_path, interrupted):
+    settings = {**TINY, "steps": 4}  # two passes of two steps
+    dataset = open_dataset(synthetic, "train")
+    train_cam(dataset, tmp_path / "whole", CamTrainConfig(**settings))
+    interrupted(train_cam, dataset, tmp_path / "resumed", CamTrainConfig(**settings))  # one process, killed
+    torch.multiprocessing.spawn(train_in_group, args=(2, free_port(), synthetic, tmp_path / "resumed", settings),
+                                nprocs=2)  # two processes finish it
+    whole, resumed = (torch.load(tmp_path / r / "train_cam" / "model.pt", weights_only=False)["state_dict"]
+                      for r in ("whole", "resumed"))
+    for key, value in whole.items():
+        torch.testing.assert_close(resumed[key], value, rtol=1e-4, atol=1e-5)
+    assert [h["epoch"] for h in read(tmp_path / "resumed")["history"]] == [1, 2]
+
+
+def read(run):
+    import json
+
+    return json.loads((run / "train_cam" / "manifest.json").read_text())
+
+
+def test_tagseg_run_with_two_processes(synthetic, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"dataset: {synthetic}\nrun: {tmp_path / 'run'}\nstages:\n"
+                      "  train_cam: {steps: 2, min_steps: 0, batch_size: 4, crop_size: 64, weights: null}\n"
+                      "  make_cam: {scales: [1.0]}\n")
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "tagseg", "--threads", "1", "run", str(recipe), "--nproc", "2"],
+                            capture_output=True, text=True, env=environment, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    record = (tmp_path / "run" / "pipeline.json").read_text()
+    assert '"status": "complete"' in record and read(tmp_path / "run")["status"] == "complete"
+    assert len(list((tmp_path / "run" / "make_cam").glob("*.npz"))) == len(open_dataset(synthetic, "train"))
