@@ -97,3 +97,57 @@ def test_tagseg_run_with_two_processes(synthetic, tmp_path):
     record = (tmp_path / "run" / "pipeline.json").read_text()
     assert '"status": "complete"' in record and read(tmp_path / "run")["status"] == "complete"
     assert len(list((tmp_path / "run" / "make_cam").glob("*.npz"))) == len(open_dataset(synthetic, "train"))
+
+
+def per_image_stages(rank: int, world: int, port: int, root, run) -> None:
+    from tagseg.stages.make_cam import MakeCamConfig, make_cams
+    from tagseg.stages.saliency import SaliencyConfig, make_saliency
+    from tagseg.stages.segment import SegmentConfig, segment_split
+
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                          LOCAL_RANK=str(rank))
+        torch.set_num_threads(1)
+        from tagseg.distributed import init_from_env
+
+        init_from_env("cpu")
+    try:
+        train = open_dataset(root, "train")
+        make_cams(train, run, MakeCamConfig(scales=(1.0,), batch_size=2))
+        make_saliency(train, run, SaliencyConfig())
+        segment_split(open_dataset(root, "val"), run, SegmentConfig(scales=(1.0,)))
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+
+
+def test_sharded_per_image_stages_write_the_same_bytes(synthetic, tmp_path):
+    import shutil
+
+    from tagseg.stages.train_seg import SegTrainConfig, train_seg
+
+    base = tmp_path / "base"
+    dataset = open_dataset(synthetic, "train")
+    train_cam(dataset, base, CamTrainConfig(**TINY))
+    train_seg(dataset, base, SegTrainConfig(steps=1, min_steps=0, batch_size=2, crop_size=64, weights=None,
+                                            head="deeplabv2", labels="ground_truth"))
+    for name in ("one", "two"):
+        shutil.copytree(base, tmp_path / name)
+    per_image_stages(0, 1, 0, synthetic, tmp_path / "one")
+    torch.multiprocessing.spawn(per_image_stages, args=(2, free_port(), synthetic, tmp_path / "two"), nprocs=2)
+    for stage in ("make_cam", "saliency", "segment_val"):
+        one = sorted(p.name for p in (tmp_path / "one" / stage).iterdir() if p.suffix in (".npz", ".png"))
+        two = sorted(p.name for p in (tmp_path / "two" / stage).iterdir() if p.suffix in (".npz", ".png"))
+        assert one == two and one
+        for name in one:
+            assert (tmp_path / "one" / stage / name).read_bytes() == (tmp_path / "two" / stage / name).read_bytes()
+        manifests = [json_of(tmp_path / r / stage) for r in ("one", "two")]
+        assert manifests[1]["status"] == "complete"
+        assert manifests[0]["timings"]["items_computed"] == manifests[1]["timings"]["items_computed"] == len(one)
+        assert manifests[0].get("metrics") == manifests[1].get("metrics")
+
+
+def json_of(folder):
+    import json
+
+    return json.loads((folder / "manifest.json").read_text())

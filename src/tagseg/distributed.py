@@ -3,8 +3,9 @@
 ``torchrun --nproc-per-node N -m tagseg run RECIPE`` (or ``tagseg run RECIPE --nproc N``, which
 starts torchrun itself) gives each process a rank. The training stages train one model together
 (:func:`tagseg.training.train_epochs` wraps it in DistributedDataParallel: each process takes its
-share of every global batch, gradients are averaged); rank 0 alone writes checkpoints, models,
-manifests and logs. Per-image stages run on rank 0 while the others wait (``tagseg run``).
+share of every global batch, gradients are averaged); the sharded per-image stages split their
+images (:meth:`tagseg.rundir.ArtifactDir.share`); rank 0 alone writes checkpoints, models,
+manifests and logs. The other per-image stages run on rank 0 while the rest wait (``tagseg run``).
 Backends: nccl on GPUs, gloo on CPUs. Without torchrun nothing here does anything.
 """
 
@@ -65,6 +66,17 @@ def local_device(device: str) -> str:
     if launched() and device == "cuda":
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return device
+
+
+def sum_over_ranks(count: int) -> int:
+    """``count`` summed over the processes (an all-reduce: it also waits for every process)."""
+    if not active():
+        return count
+    tensor = torch.tensor([count], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor)
+    return int(tensor.item())
 
 
 def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:

@@ -182,8 +182,26 @@ class ArtifactDir:
         return self.path / subdir / f"{item_id}{suffix}"
 
     def pending(self, item_ids: Iterable[str], suffix: str, subdir: str = "") -> list[str]:
-        """The ids whose artifact does not exist yet (the work a resumed run still has to do)."""
-        return [i for i in item_ids if not self.item_path(i, suffix, subdir).exists()]
+        """The ids whose artifact does not exist yet (the work a resumed run still has to do); the same list
+        in every process of a ``collective`` directory (each takes its :meth:`share`)."""
+        todo = [i for i in item_ids if not self.item_path(i, suffix, subdir).exists()]
+        if self._group is not None:
+            self._group.barrier()  # every process listed the same files before any writes one
+        return todo
+
+    def share(self, work: list) -> list:
+        """This process's part of ``work`` (every ``world``-th unit from its rank) in a ``collective``
+        directory under torchrun; all of it otherwise. Units are done as one process would do them, so
+        the files are the same whatever the number of processes."""
+        return work if self._group is None else work[self._group.rank()::self._group.world_size()]
+
+    def gather(self, computed: int) -> int | None:
+        """After a collective per-image loop: wait until every process has written its share; returns how
+        many items all of them computed on rank 0 (which records and scores the stage), None on the others."""
+        if self._group is None:
+            return computed
+        total = self._group.sum_over_ranks(computed)
+        return total if self._group.is_main() else None
 
     def record(self, items_computed: int = 0, **fields: Any) -> None:
         """Add fields (metrics, counts, inputs) to the manifest and save it now."""

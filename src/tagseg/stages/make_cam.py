@@ -95,12 +95,13 @@ def make_cams(dataset: Dataset, run: Path, config: MakeCamConfig, *, device: str
                     "model": f"{TRAIN_STAGE}/{MODEL_FILE}",
                     "model_digest": file_digest(model_path),
                     **dataset.identity()}
-    with stage_dir(run, STAGE, stage_config, force=force) as stage:
+    with stage_dir(run, STAGE, stage_config, force=force, collective=True) as stage:
         record_skipped(stage, dataset)
         todo = [dataset.record(i) for i in stage.pending(dataset.ids, ".npz")]
         log.info("make_cam: %d of %d images to do at scales %s (image size %d px)", len(todo), len(dataset),
                  scales, image_size)
-        batches = batches_by_size(todo, config.batch_size)
+        batches = stage.share(batches_by_size(todo, config.batch_size))  # a batch is one unit: same floats
+        todo = [record for batch in batches for record in batch]
 
         def load(batch: list[Record]):
             return batch, [read_image(r.image_path)[0] for r in batch]
@@ -111,8 +112,11 @@ def make_cams(dataset: Dataset, run: Path, config: MakeCamConfig, *, device: str
             for record, image_cams in zip(batch, cams):
                 save_score_map(stage.item_path(record.id, ".npz"), normalized_tagged(image_cams, record.labels),
                                record.labels)
-        if todo:
-            stage.record(items_computed=len(todo),
-                         images_per_second=round(len(todo) / (time.perf_counter() - started), 3))
+        computed = stage.gather(len(todo))
+        if computed is None:  # another process of a torchrun group: rank 0 records and scores
+            return stage.manifest
+        if computed:
+            stage.record(items_computed=computed,
+                         images_per_second=round(computed / (time.perf_counter() - started), 3))
         stage.record(**score_stage_fields(stage.path, dataset, workers, config.label_free, net, device))
         return stage.manifest

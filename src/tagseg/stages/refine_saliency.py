@@ -52,9 +52,9 @@ def make_refined_saliency(dataset: Dataset, run: Path, config: RefineSaliencyCon
     dataset = without_skipped_by(without_skipped_by(dataset, cams, config.cams), saliency, config.saliency)
     stage_config = {**config.model_dump(), "cams_config": cams["config"], "saliency_config": saliency["config"],
                     **dataset.identity()}
-    with stage_dir(run, STAGE, stage_config, force=force) as stage:
+    with stage_dir(run, STAGE, stage_config, force=force, collective=True) as stage:
         record_skipped(stage, dataset)
-        todo = stage.pending(dataset.ids, ".png")
+        todo = stage.share(stage.pending(dataset.ids, ".png"))
         log.info("refine_saliency: %d of %d images to do", len(todo), len(dataset))
 
         def make(item_id: str) -> None:
@@ -69,7 +69,10 @@ def make_refined_saliency(dataset: Dataset, run: Path, config: RefineSaliencyCon
 
         for _ in parallel_map(make, todo, len(todo), f"refine saliency ({len(todo)} images)", workers):
             pass
-        stage.record(items_computed=len(todo))
+        computed = stage.gather(len(todo))
+        if computed is None:  # another process of a torchrun group: rank 0 records and scores
+            return stage.manifest
+        stage.record(items_computed=computed)
         if any(r.mask_path for r in dataset.records):
             result = evaluate_foreground(stage.path, GroundTruth.from_dataset(dataset), workers)
             stage.record(metrics=result["metrics"], unlabelled=result["unlabelled"])

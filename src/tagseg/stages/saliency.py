@@ -115,9 +115,9 @@ def make_saliency(dataset: Dataset, run: Path, config: SaliencyConfig, *, worker
                             f"{len(dataset)} have none (e.g. {missing[0]})")
     paths = map_paths(dataset, Path(config.folder)) if config.source == "folder" else {}
     stage_config = {**config.model_dump(mode="json"), "threshold": config.resolved_threshold(), **dataset.identity()}
-    with stage_dir(run, STAGE, stage_config, force=force) as stage:
+    with stage_dir(run, STAGE, stage_config, force=force, collective=True) as stage:
         record_skipped(stage, dataset)
-        todo = [dataset.record(i) for i in stage.pending(dataset.ids, ".png")]
+        todo = [dataset.record(i) for i in stage.share(stage.pending(dataset.ids, ".png"))]
         log.info("saliency: %d of %d images to do (%s)", len(todo), len(dataset), config.source)
 
         def make(record: Record) -> None:
@@ -126,7 +126,10 @@ def make_saliency(dataset: Dataset, run: Path, config: SaliencyConfig, *, worker
 
         for _ in parallel_map(make, todo, len(todo), f"saliency ({config.source})", workers):
             pass
-        stage.record(items_computed=len(todo), substitute=config.source in SUBSTITUTES,
+        computed = stage.gather(len(todo))
+        if computed is None:  # another process of a torchrun group: rank 0 records and scores
+            return stage.manifest
+        stage.record(items_computed=computed, substitute=config.source in SUBSTITUTES,
                      oracle=config.source == "ground_truth")
         if any(r.mask_path for r in dataset.records):
             result = evaluate_foreground(stage.path, GroundTruth.from_dataset(dataset), workers)

@@ -78,9 +78,9 @@ def segment_split(dataset: Dataset, run: Path, config: SegmentConfig, *, device:
     stage_config = {**config.model_dump(), "image_size": image_size, "model": f"{TRAIN_STAGE}/{MODEL_FILE}",
                     "model_digest": file_digest(model_path), **dataset.identity()}
     crf_params = config.crf_settings.params(image_size) if config.crf else None
-    with stage_dir(run, name, stage_config, force=force) as stage:
+    with stage_dir(run, name, stage_config, force=force, collective=True) as stage:
         record_skipped(stage, dataset)
-        todo = stage.pending(dataset.ids, ".png")
+        todo = stage.share(stage.pending(dataset.ids, ".png"))
 
         def load(item_id: str):
             return item_id, read_image(dataset.record(item_id).image_path)[0]
@@ -88,7 +88,10 @@ def segment_split(dataset: Dataset, run: Path, config: SegmentConfig, *, device:
         for item_id, image in parallel_map(load, todo, len(todo), f"segmenting {len(todo)} images", workers):
             write_mask(stage.item_path(item_id, ".png"),
                        segment_image(net, image, scales, config.flip, device, crf_params))
-        stage.record(items_computed=len(todo))
+        computed = stage.gather(len(todo))
+        if computed is None:  # another process of a torchrun group: rank 0 records and scores
+            return stage.manifest
+        stage.record(items_computed=computed)
         if any(r.mask_path for r in dataset.records):
             stage.record(metrics=evaluate_masks(stage.path, GroundTruth.from_dataset(dataset), workers)["metrics"])
         return stage.manifest

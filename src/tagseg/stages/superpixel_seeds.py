@@ -46,9 +46,9 @@ def make_superpixel_seeds(dataset: Dataset, run: Path, config: SuperpixelSeedsCo
     dataset = without_skipped_by(without_skipped_by(dataset, cams, config.cams), superpixels, config.superpixels)
     stage_config = {**config.model_dump(), "cams_config": cams["config"],
                     "superpixels_config": superpixels["config"], **dataset.identity()}
-    with stage_dir(run, STAGE, stage_config, force=force) as stage:
+    with stage_dir(run, STAGE, stage_config, force=force, collective=True) as stage:
         record_skipped(stage, dataset)
-        todo = stage.pending(dataset.ids, ".png")
+        todo = stage.share(stage.pending(dataset.ids, ".png"))
         log.info("superpixel_seeds: %d of %d images to do", len(todo), len(dataset))
 
         def make(item_id: str) -> None:
@@ -62,7 +62,10 @@ def make_superpixel_seeds(dataset: Dataset, run: Path, config: SuperpixelSeedsCo
 
         for _ in parallel_map(make, todo, len(todo), f"superpixel seeds ({len(todo)} images)", workers):
             pass
-        stage.record(items_computed=len(todo))
+        computed = stage.gather(len(todo))
+        if computed is None:  # another process of a torchrun group: rank 0 records and scores
+            return stage.manifest
+        stage.record(items_computed=computed)
         if any(r.mask_path for r in dataset.records):
             stage.record(seed_quality=seed_quality(dataset, stage.path, workers))
         return stage.manifest

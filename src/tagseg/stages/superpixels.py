@@ -83,9 +83,9 @@ def make_superpixels(dataset: Dataset, run: Path, config: SuperpixelConfig, *, d
     if config.method != "discovery":  # the feature keys do not apply
         stage_config = {k: v for k, v in stage_config.items() if k not in ("features", "backbone", "weights", "tau")}
     crf_params = config.crf_settings.params(image_size) if config.crf else None
-    with stage_dir(run, STAGE, stage_config, force=force) as stage:
+    with stage_dir(run, STAGE, stage_config, force=force, collective=True) as stage:
         record_skipped(stage, dataset)
-        todo = [dataset.record(i) for i in stage.pending(dataset.ids, ".png")]
+        todo = [dataset.record(i) for i in stage.share(stage.pending(dataset.ids, ".png"))]
         log.info("superpixels: %d of %d images to do (%s)", len(todo), len(dataset), config.method)
         started = time.perf_counter()
 
@@ -119,8 +119,11 @@ def make_superpixels(dataset: Dataset, run: Path, config: SuperpixelConfig, *, d
 
             for _ in parallel_map(make, todo, len(todo), f"{config.method} ({len(todo)} images)", workers):
                 pass
-        if todo:
-            stage.record(items_computed=len(todo),
+        computed = stage.gather(len(todo))
+        if computed is None:  # another process of a torchrun group: rank 0 records and scores
+            return stage.manifest
+        if todo:  # rank 0's own pace
+            stage.record(items_computed=computed,
                          seconds_per_image=round((time.perf_counter() - started) / len(todo), 4))
         if any(r.mask_path for r in dataset.records):
             result = evaluate_superpixels(stage.path, GroundTruth.from_dataset(dataset), workers=workers)
