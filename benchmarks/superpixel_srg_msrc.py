@@ -85,7 +85,7 @@ def key(r: dict) -> tuple:
 
 def table(rows: list[dict]) -> str:
     upper = {r["seed"]: r for r in rows if r["kind"] == "upper"}
-    lines = ["| row | seed | superpixels n / UE / ASA | seeds labelled / precision | labelled after growth | val mIoU "
+    lines = ["| row | seed | superpixels n / UE / ASA | seeds labelled / precision | labelled in training (last pass) | val mIoU "
              "| of fully supervised | s / epoch |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         sp, seeds, bound = r.get("superpixels"), r.get("seeds"), upper.get(r["seed"])
