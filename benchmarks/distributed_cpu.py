@@ -2,11 +2,13 @@
 
     .venv/bin/python benchmarks/distributed_cpu.py
 
-One epoch of train_cam (plain CAM, 346 images, batch 8) and make_cam on its model, each run by one
-process with every core and by two processes with one core each (``torchrun``'s layout on this
-machine). Reports the wall time of each, the largest weight difference after the epoch (two
-processes average the gradients of half-batches: equal up to float rounding) and whether the CAM
-files are byte-identical.
+One epoch of train_cam (plain CAM, 346 images, batch 8, AdamW) and make_cam on its model, each run by
+one process with every core and by two processes with one core each (``torchrun``'s layout on this
+machine); make_cam also by one process with one core. Reports the wall time of each, the largest
+weight difference after the epoch (two processes average the gradients of half-batches: equal up to
+float rounding, which AdamW's first steps magnify) and whether the CAM files of one and two
+processes are byte-identical at one thread per process (a convolution's float sums depend on the
+thread count, so files made with another count differ in the last bits).
 """
 
 from __future__ import annotations
@@ -53,12 +55,12 @@ def stage(rank: int, world: int, port: int, kind: str, run: Path, threads: int) 
             torch.distributed.destroy_process_group()
 
 
-def timed(kind: str, world: int, run: Path) -> float:
+def timed(kind: str, world: int, run: Path, threads: int) -> float:
     started = time.perf_counter()
     if world == 1:
-        stage(0, 1, 0, kind, run, os.cpu_count() or 1)
+        stage(0, 1, 0, kind, run, threads)
     else:
-        torch.multiprocessing.spawn(stage, args=(world, free_port(), kind, run, 1), nprocs=world)
+        torch.multiprocessing.spawn(stage, args=(world, free_port(), kind, run, threads), nprocs=world)
     return round(time.perf_counter() - started, 1)
 
 
@@ -68,21 +70,29 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "distributed_cpu.json")
     args = parser.parse_args()
     shutil.rmtree(args.runs, ignore_errors=True)
-    runs = {world: args.runs / f"{world}proc" for world in (1, 2)}
-    rows = [{"stage": "train_cam (1 epoch)", "processes": world, "seconds": timed("train", world, runs[world])}
-            for world in (1, 2)]
-    weights = [torch.load(runs[w] / "train_cam" / "model.pt", weights_only=False)["state_dict"] for w in (1, 2)]
+    cores = os.cpu_count() or 1
+    layouts = {"1x{}".format(cores): (1, cores), "2x1": (2, 1), "1x1": (1, 1)}  # processes x threads each
+    runs = {name: args.runs / name for name in layouts}
+    rows = [{"stage": "train_cam (1 epoch)", "processes": layouts[name][0], "threads_each": layouts[name][1],
+             "seconds": timed("train", *layouts[name][:1], runs[name], layouts[name][1])}
+            for name in list(layouts)[:2]]
+    weights = [torch.load(runs[n] / "train_cam" / "model.pt", weights_only=False)["state_dict"]
+               for n in list(layouts)[:2]]
     difference = max(float((weights[0][k].float() - weights[1][k].float()).abs().max()) for k in weights[0])
-    shutil.rmtree(runs[2] / "train_cam")
-    shutil.copytree(runs[1] / "train_cam", runs[2] / "train_cam")  # the same model for both CAM runs
-    rows += [{"stage": "make_cam (scales 1, 2)", "processes": world, "seconds": timed("cams", world, runs[world])}
-             for world in (1, 2)]
-    files = sorted(p.name for p in (runs[1] / "make_cam").glob("*.npz"))
-    identical = all((runs[1] / "make_cam" / n).read_bytes() == (runs[2] / "make_cam" / n).read_bytes() for n in files)
-    lines = ["| stage | processes | seconds |", "|---|---|---|"]
-    lines += [f"| {r['stage']} | {r['processes']} | {r['seconds']} |" for r in rows]
-    lines += ["", f"Largest weight difference after the epoch: {difference:.2e}. CAM files byte-identical: "
-                  f"{'yes' if identical else 'no'} ({len(files)} files)."]
+    first = runs[list(layouts)[0]] / "train_cam"
+    for name in list(layouts)[1:]:  # the same model for every CAM run
+        shutil.rmtree(runs[name] / "train_cam", ignore_errors=True)
+        shutil.copytree(first, runs[name] / "train_cam")
+    rows += [{"stage": "make_cam (scales 1, 2)", "processes": layouts[name][0], "threads_each": layouts[name][1],
+              "seconds": timed("cams", layouts[name][0], runs[name], layouts[name][1])} for name in layouts]
+    files = sorted(p.name for p in (runs["1x1"] / "make_cam").glob("*.npz"))
+    identical = all((runs["1x1"] / "make_cam" / n).read_bytes() == (runs["2x1"] / "make_cam" / n).read_bytes()
+                    for n in files)
+    lines = ["| stage | processes | threads each | seconds |", "|---|---|---|---|"]
+    lines += [f"| {r['stage']} | {r['processes']} | {r['threads_each']} | {r['seconds']} |" for r in rows]
+    lines += ["", f"Largest weight difference after the epoch (1 against 2 processes): {difference:.2e}. CAM files of "
+                  f"1 and 2 processes at one thread each byte-identical: {'yes' if identical else 'no'} "
+                  f"({len(files)} files)."]
     write_result(args.out, {"benchmark": "distributed_cpu", "dataset": str(MSRC), "split": "train",
                             "command": "python benchmarks/distributed_cpu.py", "machine": machine(), "rows": rows,
                             "max_weight_difference": difference, "cams_identical": identical}, "\n".join(lines))

@@ -323,7 +323,7 @@ def train_cam(dataset: Dataset, run: Path, config: CamTrainConfig, *, device: st
         fields = {"history": history, "seconds_per_epoch": mean_epoch_seconds(history), "holdout": holdout}
         scored = eval_dataset or (replace(dataset, records=held, split=f"{dataset.split or 'all'} hold-out")
                                   if held else None)
-        if scored is not None:
+        if scored is not None and distributed.is_main():  # scored once, by the process that records it
             fields["classification"] = {**classification_map(net.eval(), scored, device),
                                         "source": "eval_split" if eval_dataset is not None else "holdout"}
             log.info("train_cam: mAP on %s tags %.2f (per class: %s)", scored.split,
@@ -334,7 +334,8 @@ def train_cam(dataset: Dataset, run: Path, config: CamTrainConfig, *, device: st
         distributed.on_main(lambda: atomic_write(model_path, lambda tmp: torch.save(saved, tmp)))
         stage.record(items_computed=steps_run * config.batch_size, steps=steps, train_images=len(records), **fields)
         record_skipped(stage, *[d for d in (dataset, eval_dataset) if d is not None])
-        check_classifier(stage, dataset, records, config)
+        if distributed.is_main():  # one alarm, not one per process
+            check_classifier(stage, dataset, records, config)
         return stage.manifest
 
 
