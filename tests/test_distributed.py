@@ -104,10 +104,10 @@ def per_image_stages(rank: int, world: int, port: int, root, run) -> None:
     from tagseg.stages.saliency import SaliencyConfig, make_saliency
     from tagseg.stages.segment import SegmentConfig, segment_split
 
+    torch.set_num_threads(1)  # the same thread count in every run: a convolution's float sums depend on it
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                           LOCAL_RANK=str(rank))
-        torch.set_num_threads(1)
         from tagseg.distributed import init_from_env
 
         init_from_env("cpu")
@@ -133,7 +133,7 @@ def test_sharded_per_image_stages_write_the_same_bytes(synthetic, tmp_path):
                                             head="deeplabv2", labels="ground_truth"))
     for name in ("one", "two"):
         shutil.copytree(base, tmp_path / name)
-    per_image_stages(0, 1, 0, synthetic, tmp_path / "one")
+    torch.multiprocessing.spawn(per_image_stages, args=(1, 0, synthetic, tmp_path / "one"), nprocs=1)
     torch.multiprocessing.spawn(per_image_stages, args=(2, free_port(), synthetic, tmp_path / "two"), nprocs=2)
     for stage in ("make_cam", "saliency", "segment_val"):
         one = sorted(p.name for p in (tmp_path / "one" / stage).iterdir() if p.suffix in (".npz", ".png"))
