@@ -24,6 +24,7 @@ import torch
 
 from common import MSRC, ROOT, machine, write_result
 from tagseg.data.dataset import open_dataset
+from tagseg.distributed import join_local
 from tagseg.stages.make_cam import MakeCamConfig, make_cams
 from tagseg.stages.train_cam import CamTrainConfig, train_cam
 
@@ -39,11 +40,7 @@ def free_port() -> int:
 def stage(rank: int, world: int, port: int, kind: str, run: Path, threads: int) -> None:
     torch.set_num_threads(threads)
     if world > 1:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                          LOCAL_RANK=str(rank))
-        from tagseg.distributed import init_from_env
-
-        init_from_env("cpu")
+        join_local(rank, world, port)
     try:
         dataset = open_dataset(MSRC, "train")
         if kind == "train":

@@ -12,6 +12,7 @@ import torch
 
 from tagseg.data.dataset import open_dataset
 from tagseg.data.make_synthetic import write_synthetic_dataset
+from tagseg.distributed import join_local
 from tagseg.stages.train_cam import CamTrainConfig, train_cam
 from tagseg.training import epoch_batches
 
@@ -34,12 +35,8 @@ def free_port() -> int:
 
 
 def train_in_group(rank: int, world: int, port: int, root, run, settings=None) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from tagseg.distributed import init_from_env
-
-    init_from_env("cpu")
+    join_local(rank, world, port)
     try:
         train_cam(open_dataset(root, "train"), run, CamTrainConfig(**(settings or TINY)))
     finally:
@@ -106,11 +103,7 @@ def per_image_stages(rank: int, world: int, port: int, root, run) -> None:
 
     torch.set_num_threads(1)  # the same thread count in every run: a convolution's float sums depend on it
     if world > 1:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                          LOCAL_RANK=str(rank))
-        from tagseg.distributed import init_from_env
-
-        init_from_env("cpu")
+        join_local(rank, world, port)
     try:
         train = open_dataset(root, "train")
         make_cams(train, run, MakeCamConfig(scales=(1.0,), batch_size=2))

@@ -33,6 +33,14 @@ def init_from_env(device: str = "cpu") -> None:
     dist.init_process_group("nccl" if on_gpu else "gloo")
 
 
+def join_local(rank: int, world: int, port: int) -> None:
+    """Join a group of ``world`` CPU processes on this machine as torchrun would set it up (gloo on
+    127.0.0.1:``port``): for processes started by ``torch.multiprocessing.spawn``."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    init_from_env("cpu")
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
