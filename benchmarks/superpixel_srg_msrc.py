@@ -3,7 +3,7 @@ SLIC superpixels, and the alpha / beta sweeps of Tables 3.7-3.8.
 
     .venv/bin/python benchmarks/superpixel_srg_msrc.py --upper                       # the recipe + the bound
     .venv/bin/python benchmarks/superpixel_srg_msrc.py --rows growth seeds growth:slic
-    .venv/bin/python benchmarks/superpixel_srg_msrc.py --alphas 0.3 0.5 0.7 --betas 0.5 0.7 0.9
+    .venv/bin/python benchmarks/superpixel_srg_msrc.py --rows --alphas 0.3 0.7 --betas 0.5 0.9  # the growth row is the 0.5 / 0.7 point
 
 Rows use recipes/superpixel_srg.yaml's settings except what they name: ``growth`` is the recipe,
 ``seeds`` trains on the initial seeds without growth, ``<row>:<method>`` uses that superpixel method
@@ -104,7 +104,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=MSRC)
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench_superpixel_srg")
-    parser.add_argument("--rows", nargs="+", default=["growth"], help="growth | seeds, optionally :METHOD")
+    parser.add_argument("--rows", nargs="*", default=["growth"],
+                        help="growth | seeds, optionally :METHOD; none: only the sweeps / the bound")
     parser.add_argument("--alphas", nargs="+", type=float, default=[], help="growth row at each alpha (eq. 3.4)")
     parser.add_argument("--betas", nargs="+", type=float, default=[], help="growth row at each beta (eq. 3.7)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -96,8 +97,19 @@ def test_tagseg_run_with_two_processes(synthetic, tmp_path):
     assert len(list((tmp_path / "run" / "make_cam").glob("*.npz"))) == len(open_dataset(synthetic, "train"))
 
 
+FAST_USS = dict(clusters=8, iterations=6, min_clusters=3, slic_segments=100, max_side=48)
+
+
 def per_image_stages(rank: int, world: int, port: int, root, run) -> None:
+    """Every per-image stage in order, in a group of ``world`` processes (one: no group)."""
+    from tagseg.stages.affinity_labels import AffinityLabelsConfig, make_affinity_labels
+    from tagseg.stages.boundary_labels import BoundaryLabelsConfig, make_boundary_labels
+    from tagseg.stages.boundary_maps import BoundaryMapsConfig, make_boundary_maps
     from tagseg.stages.make_cam import MakeCamConfig, make_cams
+    from tagseg.stages.perimeter import PerimeterConfig
+    from tagseg.stages.perimeterfit import PerimeterFitConfig, perimeterfit
+    from tagseg.stages.pseudo_labels import PseudoLabelConfig, make_pseudo_labels
+    from tagseg.stages.random_walk import RandomWalkConfig, random_walk_stage
     from tagseg.stages.saliency import SaliencyConfig, make_saliency
     from tagseg.stages.segment import SegmentConfig, segment_split
 
@@ -109,35 +121,136 @@ def per_image_stages(rank: int, world: int, port: int, root, run) -> None:
         make_cams(train, run, MakeCamConfig(scales=(1.0,), batch_size=2))
         make_saliency(train, run, SaliencyConfig())
         segment_split(open_dataset(root, "val"), run, SegmentConfig(scales=(1.0,)))
+        perimeterfit(train, run, PerimeterFitConfig(grid=(0.2, 0.4), perimeter=PerimeterConfig(**FAST_USS)))
+        make_affinity_labels(train, run, AffinityLabelsConfig())
+        make_boundary_labels(train, run, BoundaryLabelsConfig(crf=False))
+        random_walk_stage(train, run, RandomWalkConfig(logt=2))
+        make_boundary_maps(train, run, BoundaryMapsConfig())
+        make_pseudo_labels(train, run, PseudoLabelConfig())
     finally:
         if world > 1:
             torch.distributed.destroy_process_group()
 
 
-def test_sharded_per_image_stages_write_the_same_bytes(synthetic, tmp_path):
-    import shutil
+SHARDED = ("make_cam", "saliency", "segment_val", "perimeter_slic", "perimeter_quickshift", "perimeterfit",
+           "affinity_labels", "boundary_labels", "random_walk", "boundary_maps", "pseudo_labels")
 
+
+@pytest.fixture(scope="module")
+def trained(synthetic, tmp_path_factory):
+    """A run with the three trained networks of the per-image stages (made by one process)."""
+    from tagseg.stages.affinity_labels import AffinityLabelsConfig, make_affinity_labels
+    from tagseg.stages.make_cam import MakeCamConfig, make_cams
+    from tagseg.stages.train_affinity import AffinityTrainConfig, train_affinity
     from tagseg.stages.train_seg import SegTrainConfig, train_seg
 
-    base = tmp_path / "base"
+    base = tmp_path_factory.mktemp("trained")
     dataset = open_dataset(synthetic, "train")
     train_cam(dataset, base, CamTrainConfig(**TINY))
     train_seg(dataset, base, SegTrainConfig(steps=1, min_steps=0, batch_size=2, crop_size=64, weights=None,
                                             head="deeplabv2", labels="ground_truth"))
+    make_cams(dataset, base, MakeCamConfig(scales=(1.0,)))  # the boundary net's training labels
+    make_affinity_labels(dataset, base, AffinityLabelsConfig(crf=False))
+    train_affinity(dataset, base, AffinityTrainConfig(steps=1, min_steps=0, batch_size=2, crop_size=64, weights=None))
+    for made in ("make_cam", "affinity_labels"):  # the processes make these again
+        shutil.rmtree(base / made)
+    return base
+
+
+def stage_files(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.suffix in (".npz", ".png") and not p.name.startswith("."))
+
+
+def test_sharded_per_image_stages_write_the_same_bytes(synthetic, trained, tmp_path):
     for name in ("one", "two"):
-        shutil.copytree(base, tmp_path / name)
+        shutil.copytree(trained, tmp_path / name)
     torch.multiprocessing.spawn(per_image_stages, args=(1, 0, synthetic, tmp_path / "one"), nprocs=1)
     torch.multiprocessing.spawn(per_image_stages, args=(2, free_port(), synthetic, tmp_path / "two"), nprocs=2)
-    for stage in ("make_cam", "saliency", "segment_val"):
-        one = sorted(p.name for p in (tmp_path / "one" / stage).iterdir() if p.suffix in (".npz", ".png"))
-        two = sorted(p.name for p in (tmp_path / "two" / stage).iterdir() if p.suffix in (".npz", ".png"))
-        assert one == two and one
+    for stage in SHARDED:
+        one, two = (stage_files(tmp_path / r / stage) for r in ("one", "two"))
+        assert one == two and one, stage
         for name in one:
-            assert (tmp_path / "one" / stage / name).read_bytes() == (tmp_path / "two" / stage / name).read_bytes()
+            assert (tmp_path / "one" / stage / name).read_bytes() == (tmp_path / "two" / stage / name).read_bytes(), \
+                f"{stage}/{name}"
         manifests = [json_of(tmp_path / r / stage) for r in ("one", "two")]
         assert manifests[1]["status"] == "complete"
         assert manifests[0]["timings"]["items_computed"] == manifests[1]["timings"]["items_computed"] == len(one)
-        assert manifests[0].get("metrics") == manifests[1].get("metrics")
+        for key in ("metrics", "thresholds", "label_free", "seed_quality", "label_fractions", "boundary_metrics",
+                    "mean_clusters_last_run"):
+            assert manifests[0].get(key) == manifests[1].get(key), f"{stage}: {key}"
+    assert json_of(tmp_path / "two" / "perimeterfit")["threshold_choice"] == "grid"
+
+
+def killed_in_group(rank: int, world: int, port: int, root, run) -> None:
+    """make_cam in two processes; rank 1 dies by SIGKILL halfway through writing its second file."""
+    import signal
+
+    from tagseg.rundir import atomic_write
+    from tagseg.stages import make_cam
+
+    written = []
+
+    def dies_while_writing(path, scores, classes):
+        if len(written) == 1:
+            atomic_write(path, lambda tmp: (tmp.write_bytes(b"half a file"), os.kill(os.getpid(), signal.SIGKILL)))
+        written.append(path)
+        original(path, scores, classes)
+
+    original = make_cam.save_score_map
+    if rank == 1:
+        make_cam.save_score_map = dies_while_writing
+    per_image_stages_make_cam(rank, world, port, root, run)
+
+
+def per_image_stages_make_cam(rank: int, world: int, port: int, root, run) -> None:
+    from tagseg.stages.make_cam import MakeCamConfig, make_cams
+
+    torch.set_num_threads(1)
+    if world > 1:
+        join_local(rank, world, port)
+    try:
+        make_cams(open_dataset(root, "train"), run, MakeCamConfig(scales=(1.0,), batch_size=1))
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+
+
+def test_killing_one_process_leaves_no_partial_file_and_a_rerun_finishes(synthetic, trained, tmp_path):
+    for name in ("whole", "killed"):
+        shutil.copytree(trained, tmp_path / name)
+    torch.multiprocessing.spawn(per_image_stages_make_cam, args=(1, 0, synthetic, tmp_path / "whole"), nprocs=1)
+    with pytest.raises(Exception, match="signal|SIGKILL|exited"):
+        torch.multiprocessing.spawn(killed_in_group, args=(2, free_port(), synthetic, tmp_path / "killed"), nprocs=2)
+    stage = tmp_path / "killed" / "make_cam"
+    assert json_of(stage)["status"] != "complete"
+    assert list(stage.glob(".*tmp-*"))  # rank 1 died inside a write: its bytes never got the final name
+    finished = stage_files(stage)
+    assert 0 < len(finished) < len(stage_files(tmp_path / "whole" / "make_cam"))
+    for name in finished:  # whatever carries a final name is whole
+        assert (stage / name).read_bytes() == (tmp_path / "whole" / "make_cam" / name).read_bytes()
+    torch.multiprocessing.spawn(per_image_stages_make_cam, args=(1, 0, synthetic, tmp_path / "killed"),
+                                nprocs=1)  # the rerun, with one process
+    assert not list(stage.glob(".*tmp-*")) and json_of(stage)["status"] == "complete"
+    assert stage_files(stage) == stage_files(tmp_path / "whole" / "make_cam")
+    for name in stage_files(stage):
+        assert (stage / name).read_bytes() == (tmp_path / "whole" / "make_cam" / name).read_bytes()
+
+
+def test_sync_batchnorm_needs_gpus_under_torchrun_and_changes_nothing_alone(synthetic, tmp_path):
+    settings = {**TINY, "sync_batchnorm": True, "freeze_bn": False}
+    with pytest.raises(Exception, match="sync_batchnorm needs a GPU per process"):
+        torch.multiprocessing.spawn(train_in_group, args=(2, free_port(), synthetic, tmp_path / "two", settings),
+                                    nprocs=2)
+    dataset = open_dataset(synthetic, "train")
+    train_cam(dataset, tmp_path / "synced", CamTrainConfig(**settings))
+    train_cam(dataset, tmp_path / "plain", CamTrainConfig(**{**settings, "sync_batchnorm": False}))
+    synced, plain = (torch.load(tmp_path / r / "train_cam" / "model.pt", weights_only=False)["state_dict"]
+                     for r in ("synced", "plain"))
+    assert synced.keys() == plain.keys()
+    for key, value in plain.items():
+        assert torch.equal(synced[key], value), key
+    assert read(tmp_path / "synced")["config"]["sync_batchnorm"] is True
+    assert "sync_batchnorm" not in read(tmp_path / "plain")["config"]  # at its default: older runs stay valid
 
 
 def json_of(folder):

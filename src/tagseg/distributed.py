@@ -3,10 +3,9 @@
 ``torchrun --nproc-per-node N -m tagseg run RECIPE`` (or ``tagseg run RECIPE --nproc N``, which
 starts torchrun itself) gives each process a rank. The training stages train one model together
 (:func:`tagseg.training.train_epochs` wraps it in DistributedDataParallel: each process takes its
-share of every global batch, gradients are averaged); the sharded per-image stages split their
-images (:meth:`tagseg.rundir.ArtifactDir.share`); rank 0 alone writes checkpoints, models,
-manifests and logs. The other per-image stages run on rank 0 while the rest wait (``tagseg run``).
-Backends: nccl on GPUs, gloo on CPUs. Without torchrun nothing here does anything.
+share of every global batch, gradients are averaged); every per-image stage splits its images
+(:meth:`tagseg.rundir.ArtifactDir.share`); rank 0 alone writes checkpoints, models, manifests and
+logs. Backends: nccl on GPUs, gloo on CPUs. Without torchrun nothing here does anything.
 """
 
 from __future__ import annotations
@@ -76,19 +75,9 @@ def local_device(device: str) -> str:
     return device
 
 
-def sum_over_ranks(count: int) -> int:
-    """``count`` summed over the processes (an all-reduce: it also waits for every process)."""
-    if not active():
-        return count
-    tensor = torch.tensor([count], dtype=torch.int64)
-    if dist.get_backend() == "nccl":
-        tensor = tensor.cuda()
-    dist.all_reduce(tensor)
-    return int(tensor.item())
-
-
-def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
-    """Each key's mean over the processes (what a pass's logged losses are)."""
+def sum_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Each key's sum over the processes (an all-reduce in float64: counts stay exact; it also waits for
+    every process)."""
     if not active() or not values:
         return values
     keys = sorted(values)
@@ -96,4 +85,9 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     if dist.get_backend() == "nccl":  # nccl reduces GPU tensors only
         tensor = tensor.cuda()
     dist.all_reduce(tensor)
-    return {k: float(v) / world_size() for k, v in zip(keys, tensor)}
+    return {k: float(v) for k, v in zip(keys, tensor)}
+
+
+def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Each key's mean over the processes (what a pass's logged losses are)."""
+    return {k: v / world_size() for k, v in sum_over_ranks(values).items()}

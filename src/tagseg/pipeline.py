@@ -25,10 +25,6 @@ from tagseg.rundir import read_manifest, write_json
 from tagseg.sizing import ImageSize, resolve_image_size
 
 PIPELINE_FILE = "pipeline.json"
-# under torchrun every process runs these together: the training stages train one model, the sharded per-image
-# stages each take a share of the images; the other stages run on rank 0 while the rest wait
-COLLECTIVE_STAGES = ("train_cam", "train_affinity", "train_seg", "make_cam", "saliency", "refine_saliency",
-                     "superpixels", "superpixel_seeds", "segment")
 log = logging.getLogger(__name__)
 
 
@@ -123,9 +119,8 @@ def load_recipe(path: Path, overrides: list[str] | None = None) -> tuple[Recipe,
 def run_recipe(recipe: Recipe, configs: dict[str, BaseModel]) -> dict:
     """Run (or resume) every stage; returns the pipeline record.
 
-    Under torchrun the stages of :data:`COLLECTIVE_STAGES` run on every process together (training one
-    model, or each process a share of the images) and the others on rank 0 while the rest wait; rank 0
-    alone writes ``pipeline.json``."""
+    Under torchrun every process runs every stage together (the training stages train one model, each
+    per-image stage gives every process a share of the images); rank 0 alone writes ``pipeline.json``."""
     from tagseg import distributed
     from tagseg.data.dataset import open_dataset
     from tagseg.runtime import resolve_device
@@ -162,8 +157,7 @@ def run_recipe(recipe: Recipe, configs: dict[str, BaseModel]) -> dict:
         if distributed.is_main():
             write_json(record_path, record)
         started = time.perf_counter()
-        if name in COLLECTIVE_STAGES or distributed.is_main():
-            specs[name].run(recipe, train, held_out, config)
+        specs[name].run(recipe, train, held_out, config)
         distributed.barrier()
         record["stages"][name].update(status="complete", seconds=round(time.perf_counter() - started, 2))
         if distributed.is_main():

@@ -200,8 +200,25 @@ class ArtifactDir:
         many items all of them computed on rank 0 (which records and scores the stage), None on the others."""
         if self._group is None:
             return computed
-        total = self._group.sum_over_ranks(computed)
+        total = int(self._group.sum_over_ranks({"computed": computed})["computed"])
         return total if self._group.is_main() else None
+
+    def total(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value summed over the processes of a ``collective`` directory (every process calls it); the
+        values themselves otherwise. For counters a stage keeps beside its files (seconds, counts)."""
+        return values if self._group is None else self._group.sum_over_ranks(values)
+
+    def agree(self, key: str, compute: Callable[[], Any]) -> Any:
+        """The manifest's ``key``: computed once by ``compute()`` and recorded when the manifest lacks it (a
+        resumed stage keeps its earlier choice). In a ``collective`` directory rank 0 computes it and every
+        other process reads what rank 0 recorded, so all of them go on with the same value."""
+        if not self._shadow and key not in self.manifest:
+            self.record(**{key: compute()})
+        if self._group is not None:
+            self._group.barrier()
+            if self._shadow:
+                self.manifest[key] = self._read_manifest()[key]
+        return self.manifest[key]
 
     def record(self, items_computed: int = 0, **fields: Any) -> None:
         """Add fields (metrics, counts, inputs) to the manifest and save it now."""

@@ -104,7 +104,7 @@ def training_steps(items: int, batch_size: int, epochs: int, steps: int | None, 
 def train_epochs(net: nn.Module, optimizer: torch.optim.Optimizer, stage: ArtifactDir, checkpoint_path: Path, *,
                  crops: torch.utils.data.Dataset, steps: int, batch_size: int, seed: int, workers: int,
                  step_loss: Callable[[object, int, int], dict], set_train_mode: Callable[[], None],
-                 device: str, name: str) -> tuple[list[dict], int]:
+                 device: str, name: str, sync_batchnorm: bool = False) -> tuple[list[dict], int]:
     """Run (or resume) ``steps`` optimisation steps in passes over ``crops`` (the last pass cut short);
     returns the per-pass history (mean losses, steps, seconds) and how many steps this call ran.
 
@@ -112,9 +112,16 @@ def train_epochs(net: nn.Module, optimizer: torch.optim.Optimizer, stage: Artifa
     ``crops`` is a dataset with an ``epoch`` attribute its augmentation depends on;
     ``step_loss(batch, step, total_steps)`` returns a dict of losses whose ``loss`` entry is minimised.
     Under torchrun the processes train one model (DistributedDataParallel, each its share of every
-    batch); rank 0 writes the checkpoints, which any number of processes can resume from.
+    batch); rank 0 writes the checkpoints, which any number of processes can resume from. With
+    ``sync_batchnorm`` the BatchNorm layers that train normalise over the whole global batch there
+    (SyncBatchNorm: GPUs only); with one process it changes nothing.
     """
     on_gpu = device.startswith("cuda")
+    if sync_batchnorm and distributed.active():
+        if not on_gpu:
+            raise ConfigError(f"{name}: sync_batchnorm needs a GPU per process (PyTorch's SyncBatchNorm runs on CUDA "
+                              "only); set it false for CPU processes")
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)  # swaps the layers in place, keeping their parameters
     scaler = torch.amp.GradScaler("cuda", enabled=on_gpu)
     history, first_epoch = [], 0
     steps_per_epoch = len(crops) // batch_size

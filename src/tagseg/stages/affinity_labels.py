@@ -100,16 +100,19 @@ def make_affinity_labels(dataset: Dataset, run: Path, config: AffinityLabelsConf
     stage_config = {**config.model_dump(), "image_size": image_size, "source_config": source["config"],
                     **dataset.identity()}
     crf_params: CrfParams | None = config.crf_settings.params(image_size) if config.crf else None
-    with stage_dir(run, STAGE, stage_config, force=force) as stage:
+    with stage_dir(run, STAGE, stage_config, force=force, collective=True) as stage:
         record_skipped(stage, dataset)
         stage.record(fg_threshold=fg, bg_threshold=bg)
-        todo = stage.pending(dataset.ids, ".png")
+        todo = stage.share(stage.pending(dataset.ids, ".png"))
         jobs = [(run / config.cams / f"{i}.npz", dataset.record(i), stage.item_path(i, ".png"), fg, bg,
                  crf_params) for i in todo]
         for _ in parallel_map(_seed_job, jobs, len(jobs), f"affinity labels ({len(jobs)} images)", workers,
                               processes=config.crf):
             pass
-        stage.record(items_computed=len(jobs))
+        computed = stage.gather(len(jobs))
+        if computed is None:  # another process of a torchrun group: rank 0 records and scores
+            return stage.manifest
+        stage.record(items_computed=computed)
         if any(r.mask_path for r in dataset.records):
             stage.record(seed_quality=seed_quality(dataset, stage.path, workers))
         return stage.manifest

@@ -77,17 +77,20 @@ def make_boundary_labels(dataset: Dataset, run: Path, config: BoundaryLabelsConf
     stage_config = {**config.model_dump(), "image_size": image_size, "source_config": source["config"],
                     **dataset.identity()}
     crf_params: CrfParams | None = config.crf_settings.params(image_size) if config.crf else None
-    with stage_dir(run, STAGE, stage_config, force=force) as stage:
+    with stage_dir(run, STAGE, stage_config, force=force, collective=True) as stage:
         record_skipped(stage, dataset)
         stage.record(fg_threshold=fg, bg_threshold=bg, window_pixels=window)
-        todo = stage.pending(dataset.ids, ".png")
+        todo = stage.share(stage.pending(dataset.ids, ".png"))
         jobs = [(run / config.cams / f"{i}.npz", dataset.record(i), stage.item_path(i, ".png"), fg, bg,
                  crf_params, dataset.num_classes, window, config.theta_scale, config.theta_diff,
                  config.between_foregrounds) for i in todo]
         for _ in parallel_map(_boundary_job, jobs, len(jobs), f"boundary labels ({len(jobs)} images)", workers,
                               processes=config.crf):
             pass
-        stage.record(items_computed=len(jobs), label_fractions=label_fractions(stage.path, dataset.ids, workers))
+        computed = stage.gather(len(jobs))
+        if computed is None:  # another process of a torchrun group: rank 0 records and scores
+            return stage.manifest
+        stage.record(items_computed=computed, label_fractions=label_fractions(stage.path, dataset.ids, workers))
         return stage.manifest
 
 

@@ -55,9 +55,9 @@ def make_boundary_maps(dataset: Dataset, run: Path, config: BoundaryMapsConfig, 
     stage_config = {**config.model_dump(exclude={"tolerance"}), "image_size": image_size,
                     "model": f"{TRAIN_STAGE}/{MODEL_FILE}", "model_digest": file_digest(model_path),
                     **dataset.identity()}
-    with stage_dir(run, STAGE, stage_config, force=force) as stage:
+    with stage_dir(run, STAGE, stage_config, force=force, collective=True) as stage:
         record_skipped(stage, dataset)
-        todo = stage.pending(dataset.ids, ".png")
+        todo = stage.share(stage.pending(dataset.ids, ".png"))
 
         def load(item_id: str):
             return item_id, *network_input(dataset.record(item_id).image_path, scale)
@@ -68,7 +68,10 @@ def make_boundary_maps(dataset: Dataset, run: Path, config: BoundaryMapsConfig, 
             with torch.no_grad():
                 full = F.interpolate(boundary[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
             write_boundary_map(stage.item_path(item_id, ".png"), full.clamp(0, 1).cpu().numpy())
-        stage.record(items_computed=len(todo))
+        computed = stage.gather(len(todo))
+        if computed is None:  # another process of a torchrun group: rank 0 records and scores
+            return stage.manifest
+        stage.record(items_computed=computed)
         if any(r.mask_path for r in dataset.records):
             result = evaluate_boundaries(stage.path, GroundTruth.from_dataset(dataset), tolerance=config.tolerance,
                                          workers=workers)

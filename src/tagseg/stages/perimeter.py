@@ -80,14 +80,15 @@ def _variant_maps(dataset: Dataset, run: Path, config: PerimeterConfig, variant:
                   force: bool) -> dict:
     stage_config = {**_variant_config(config, variant), "variant": variant,
                     **dataset.identity()}
-    with stage_dir(run, stage_name(variant), stage_config, force=force) as stage:
+    with stage_dir(run, stage_name(variant), stage_config, force=force, collective=True) as stage:
         record_skipped(stage, dataset)
-        todo = [dataset.record(i) for i in stage.pending(dataset.ids, ".png")]
-        log.info("perimeter %s: %d of %d images to do", variant, len(todo), len(dataset))
-        if not todo:
+        pending = [dataset.record(i) for i in stage.pending(dataset.ids, ".png")]
+        log.info("perimeter %s: %d of %d images to do", variant, len(pending), len(dataset))
+        if not pending:
             return stage.manifest
-        batches = batches_by_size(todo, config.batch_size)
-        seconds = dict(stage.manifest.get("seconds", {"presegment": 0.0, "uss": 0.0, "canny": 0.0}))
+        batches = stage.share(batches_by_size(pending, config.batch_size))  # per-image seeds: any split is the same
+        todo = sum(len(batch) for batch in batches)
+        seconds = {"presegment": 0.0, "uss": 0.0, "canny": 0.0}
 
         def prepare(batch: list[Record]):
             images = [read_image(r.image_path)[0] for r in batch]
@@ -99,9 +100,9 @@ def _variant_maps(dataset: Dataset, run: Path, config: PerimeterConfig, variant:
                                    quickshift_ratio=config.quickshift_ratio, seed=config.seed) for s in small]
             return batch, images, small, segments, time.perf_counter() - started
 
-        cluster_counts = []
+        clusters_kept = 0
         for batch, images, small, segments, preseg_seconds in parallel_map(
-                prepare, batches, len(batches), f"perimeter {variant} ({len(todo)} images)", workers):
+                prepare, batches, len(batches), f"perimeter {variant} ({todo} images)", workers):
             started = time.perf_counter()
             clusters = unsupervised_segmentation(
                 small, segments, clusters=config.clusters, iterations=config.iterations, lr=config.lr,
@@ -116,11 +117,17 @@ def _variant_maps(dataset: Dataset, run: Path, config: PerimeterConfig, variant:
                                       config.canny_high)
                 seconds["canny"] += time.perf_counter() - started
                 write_mask(stage.item_path(record.id, ".png"), edges.astype(np.uint8))
-                cluster_counts.append(int(labels.max()) + 1)
-        done = stage.manifest["timings"]["items_computed"] + len(todo)
-        stage.record(items_computed=len(todo), seconds=seconds,
+                clusters_kept += int(labels.max()) + 1
+        totals = stage.total({**seconds, "clusters": clusters_kept})  # over every process's share
+        computed = stage.gather(todo)
+        if computed is None:  # another process of a torchrun group: rank 0 records
+            return stage.manifest
+        earlier = stage.manifest.get("seconds", {})
+        seconds = {k: earlier.get(k, 0.0) + totals[k] for k in seconds}
+        done = stage.manifest["timings"]["items_computed"] + computed
+        stage.record(items_computed=computed, seconds=seconds,
                      seconds_per_image={k: round(v / done, 4) for k, v in seconds.items()},
-                     mean_clusters_last_run=round(float(np.mean(cluster_counts)), 2))
+                     mean_clusters_last_run=round(totals["clusters"] / computed, 2))
         return stage.manifest
 
 

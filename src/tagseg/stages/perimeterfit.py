@@ -131,11 +131,11 @@ def perimeterfit(dataset: Dataset, run: Path, config: PerimeterFitConfig, *, dev
     stage_config = {**config.model_dump(exclude={"label_free"}), "cams_config": cam_manifest["config"],
                     **dataset.identity()}
     has_masks = any(r.mask_path for r in dataset.records)
-    with stage_dir(run, STAGE, stage_config, force=force) as stage:
+    with stage_dir(run, STAGE, stage_config, force=force, collective=True) as stage:
         record_skipped(stage, dataset)
-        thresholds = stage.manifest.get("thresholds") or _choose_thresholds(
-            dataset, cam_dir, perimeter_dirs, config, has_masks, workers, stage)
-        todo = stage.pending(dataset.ids, ".npz")
+        thresholds = stage.agree("thresholds", lambda: _choose_thresholds(
+            dataset, cam_dir, perimeter_dirs, config, has_masks, workers, stage))
+        todo = stage.share(stage.pending(dataset.ids, ".npz"))
 
         def refine_one(item_id: str) -> None:
             scores, classes, regions = _load(cam_dir, perimeter_dirs, item_id)
@@ -144,7 +144,10 @@ def perimeterfit(dataset: Dataset, run: Path, config: PerimeterFitConfig, *, dev
 
         for _ in parallel_map(refine_one, todo, len(todo), f"perimeterfit ({len(todo)} images)", workers):
             pass
-        stage.record(items_computed=len(todo))
+        computed = stage.gather(len(todo))
+        if computed is None:  # another process of a torchrun group: rank 0 records and scores
+            return stage.manifest
+        stage.record(items_computed=computed)
         if config.label_free == "from_cams":
             label_free = from_cams(cam_manifest, cam_dir, dataset, config.combination, workers)
         else:
@@ -188,5 +191,5 @@ def _choose_thresholds(dataset: Dataset, cam_dir: Path, perimeter_dirs: dict[str
         free = from_cams(read_manifest(cam_dir) or {}, cam_dir, dataset, config.combination, workers)["threshold"]
         thresholds, how = {v: free for v in variants}, "label_free"
     log.info("perimeterfit: thresholds %s (%s)", thresholds, how)
-    stage.record(thresholds=thresholds, threshold_choice=how)
+    stage.record(threshold_choice=how)
     return thresholds

@@ -94,16 +94,19 @@ def make_pseudo_labels(dataset: Dataset, run: Path, config: PseudoLabelConfig, *
     stage_config = {**config.model_dump(), "image_size": image_size, "source_config": source["config"],
                     **dataset.identity()}
     crf_params = config.crf_settings.params(image_size) if config.crf else None
-    with stage_dir(run, STAGE, stage_config, force=force) as stage:
+    with stage_dir(run, STAGE, stage_config, force=force, collective=True) as stage:
         record_skipped(stage, dataset)
         stage.record(threshold=float(threshold))
-        todo = stage.pending(dataset.ids, ".png")
+        todo = stage.share(stage.pending(dataset.ids, ".png"))
         jobs = [(run / config.scores / f"{i}.npz", dataset.record(i).image_path, stage.item_path(i, ".png"),
                  float(threshold), config.crf_gt_prob, crf_params, config.ignore_band) for i in todo]
         for _ in parallel_map(_label_job, jobs, len(jobs), f"pseudo labels ({len(jobs)} images)", workers,
                               processes=config.crf):
             pass
-        stage.record(items_computed=len(jobs))
+        computed = stage.gather(len(jobs))
+        if computed is None:  # another process of a torchrun group: rank 0 records and scores
+            return stage.manifest
+        stage.record(items_computed=computed)
         if any(r.mask_path for r in dataset.records):
             result = evaluate_masks(stage.path, GroundTruth.from_dataset(dataset), workers=workers)
             stage.record(metrics=result["metrics"])

@@ -132,9 +132,9 @@ def random_walk_stage(dataset: Dataset, run: Path, config: RandomWalkConfig, *, 
                     "source_config": source["config"],
                     "model": f"{TRAIN_STAGE}/{MODEL_FILE}", "model_digest": file_digest(model_path),
                     **dataset.identity()}
-    with stage_dir(run, STAGE, stage_config, force=force) as stage:
+    with stage_dir(run, STAGE, stage_config, force=force, collective=True) as stage:
         record_skipped(stage, dataset)
-        todo = stage.pending(dataset.ids, ".npz")
+        todo = stage.share(stage.pending(dataset.ids, ".npz"))
 
         def load(item_id: str):
             image, _ = network_input(dataset.record(item_id).image_path, scale)
@@ -147,9 +147,12 @@ def random_walk_stage(dataset: Dataset, run: Path, config: RandomWalkConfig, *, 
             save_score_map(stage.item_path(item_id, ".npz"),
                            propagate(scores, affinities, boundary if config.boundary_mask else None, offsets,
                                      config.beta, config.logt, config.normalize == "per_class"), classes)
-        if todo:
-            stage.record(items_computed=len(todo),
-                         seconds_per_image=round((time.perf_counter() - started) / len(todo), 4))
+        computed = stage.gather(len(todo))
+        if computed is None:  # another process of a torchrun group: rank 0 records and scores
+            return stage.manifest
+        if computed:  # wall seconds per image of all the processes together
+            stage.record(items_computed=computed,
+                         seconds_per_image=round((time.perf_counter() - started) / computed, 4))
         label_free = (from_source(source, run / config.cams, stage.path, dataset.ids, workers)
                       if config.label_free == "from_source" else config.label_free)
         classifier = run_classifier(run, device) if label_free == "masking" else None

@@ -63,6 +63,8 @@ class AffinityTrainConfig(BaseModel):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(1e-4, ge=0, description="L2 weight decay")
     seed: int = Field(0, description="data order and augmentation depend only on (seed, epoch, image)")
+    sync_batchnorm: bool = Field(False, description="under torchrun on GPUs: BatchNorm layers that train normalise over "
+                                                    "the whole global batch (SyncBatchNorm); frozen ones are unaffected")
 
     @property
     def labels_stage(self) -> str:
@@ -71,7 +73,7 @@ class AffinityTrainConfig(BaseModel):
     def identity(self) -> dict:
         """The settings that determine the model; keys left at the values they had before they existed
         (labels unset, frozen backbone) are left out, so older runs stay finished."""
-        unused = {key for key, default in (("labels", None), ("freeze_backbone", True))
+        unused = {key for key, default in (("labels", None), ("freeze_backbone", True), ("sync_batchnorm", False))
                   if getattr(self, key) == default}
         return {k: v for k, v in self.model_dump().items() if k not in unused}
 
@@ -158,7 +160,7 @@ def train_affinity(dataset: Dataset, run: Path, config: AffinityTrainConfig, *, 
         history, steps_run = train_epochs(
             net, optimizer, stage, stage.path / CHECKPOINT_FILE, steps=steps,
             crops=crops, batch_size=config.batch_size, seed=config.seed, workers=workers, step_loss=step_loss,
-            set_train_mode=net.train, device=device, name=STAGE)
+            set_train_mode=net.train, device=device, name=STAGE, sync_batchnorm=config.sync_batchnorm)
         saved = {"state_dict": net.state_dict(), "config": config.model_dump()}
         distributed.on_main(lambda: atomic_write(model_path, lambda tmp: torch.save(saved, tmp)))
         stage.record(items_computed=steps_run * config.batch_size, steps=steps, train_images=len(dataset),

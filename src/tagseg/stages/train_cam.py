@@ -135,6 +135,8 @@ class CamTrainConfig(BaseModel):
     smoothing: SmoothingConfig | None = Field(None, description="train with the structure-aware smoothing branch "
                                                                 "(any head); null: without")
     seed: int = Field(0, description="data order and augmentation depend only on (seed, epoch, image)")
+    sync_batchnorm: bool = Field(False, description="under torchrun on GPUs: BatchNorm layers that train normalise over "
+                                                    "the whole global batch (SyncBatchNorm); frozen ones are unaffected")
     holdout_fraction: float = Field(0.1, ge=0, le=0.5, description="without an eval split: share of each class's "
                                     "images held out of training to measure mAP; 0 = none")
     alarm: AlarmConfig = Field(default_factory=AlarmConfig, description="when to warn that the classifier is weak")
@@ -146,6 +148,7 @@ class CamTrainConfig(BaseModel):
         unused = {key for head, keys in HEAD_KEYS.items() if head != self.head for key in keys}
         unused |= {"alarm", "holdout_fraction"}
         unused |= {key for key in ("init", "smoothing") if getattr(self, key) is None}  # older runs stay valid
+        unused |= set() if self.sync_batchnorm else {"sync_batchnorm"}
         if self.pool_padding:
             unused.add("pool_padding")  # at its default: runs made before the setting existed stay valid
         return {k: v for k, v in self.model_dump(mode="json").items() if k not in unused}
@@ -318,7 +321,7 @@ def train_cam(dataset: Dataset, run: Path, config: CamTrainConfig, *, device: st
         history, steps_run = train_epochs(trainee, optimizer, stage, checkpoint_path, steps=steps,
                                crops=crops, batch_size=config.batch_size, seed=config.seed, workers=workers,
                                step_loss=step_loss, set_train_mode=lambda: set_train_mode(trainee, config.freeze_bn),
-                               device=device, name=STAGE)
+                               device=device, name=STAGE, sync_batchnorm=config.sync_batchnorm)
 
         fields = {"history": history, "seconds_per_epoch": mean_epoch_seconds(history), "holdout": holdout}
         scored = eval_dataset or (replace(dataset, records=held, split=f"{dataset.split or 'all'} hold-out")

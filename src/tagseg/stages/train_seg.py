@@ -75,6 +75,8 @@ class SegTrainConfig(BaseModel):
     weight_decay: float = Field(1e-4, ge=0, description="L2 weight decay")
     freeze_bn: bool = Field(True, description="keep the backbone's BatchNorm statistics fixed (small batches)")
     seed: int = Field(0, description="data order and augmentation depend only on (seed, epoch, image)")
+    sync_batchnorm: bool = Field(False, description="under torchrun on GPUs: BatchNorm layers that train normalise over "
+                                                    "the whole global batch (SyncBatchNorm); frozen ones are unaffected")
     objective: Literal["masks", "saliency", "seeds"] = Field(
         "masks", description="masks: cross-entropy on class masks; saliency: the saliency loss on 0/1/255 "
                              "foreground masks (dissertation eq. 2.7); seeds: the balanced seed loss on sparse "
@@ -109,6 +111,7 @@ class SegTrainConfig(BaseModel):
         unused |= set() if self.growth else {"growth", "growth_beta"}
         unused |= {"objective"} if self.objective == "masks" else set()
         unused |= {"loss_scales"} if self.loss_scales == (1.0,) else set()
+        unused |= set() if self.sync_batchnorm else {"sync_batchnorm"}
         return {k: v for k, v in self.model_dump(mode="json").items() if k not in unused}
 
 
@@ -258,7 +261,7 @@ def train_seg(dataset: Dataset, run: Path, config: SegTrainConfig, *, device: st
         history, steps_run = train_epochs(
             net, optimizer, stage, stage.path / CHECKPOINT_FILE, steps=steps,
             crops=crops, batch_size=config.batch_size, seed=config.seed, workers=workers, step_loss=step_loss,
-            set_train_mode=lambda: set_train_mode(net, config.freeze_bn), device=device, name=STAGE)
+            set_train_mode=lambda: set_train_mode(net, config.freeze_bn), device=device, name=STAGE, sync_batchnorm=config.sync_batchnorm)
         saved = {"state_dict": net.state_dict(), "config": config.model_dump(), "class_names": dataset.class_names}
         distributed.on_main(lambda: atomic_write(model_path, lambda tmp: torch.save(saved, tmp)))
         stage.record(items_computed=steps_run * config.batch_size, steps=steps, train_images=len(dataset),
