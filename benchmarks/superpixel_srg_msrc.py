@@ -18,6 +18,8 @@ call does not rerun are kept.
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -83,6 +85,43 @@ def key(r: dict) -> tuple:
     return r["row"], r["seed"]
 
 
+def summary(rows: list[dict]) -> list[str]:
+    """Rows run with several seeds: val mIoU mean +- sample std, and what growth adds over the seeds alone
+    paired by seed (same CAMs, superpixels and seeds)."""
+    runs: dict[str, dict[int, float]] = {}
+    for r in rows:
+        runs.setdefault(r["row"], {})[r["seed"]] = r["val_miou"]
+    lines = []
+    for name, by_seed in runs.items():
+        if len(by_seed) > 1:
+            values = [by_seed[k] for k in sorted(by_seed)]
+            lines.append(f"| {name} | {', '.join(map(str, sorted(by_seed)))} | {' / '.join(f'{v:.1f}' for v in values)}"
+                         f" | {statistics.mean(values):.1f} ± {statistics.stdev(values):.1f} |")
+    for method in dict.fromkeys(r["method"] for r in rows if r["kind"] == "growth"):
+        grown, alone = runs.get(f"growth:{method}", {}), runs.get(f"seeds:{method}", {})
+        paired = sorted(set(grown) & set(alone))
+        if len(paired) > 1:
+            gains = [grown[k] - alone[k] for k in paired]
+            lines.append(f"| growth - seeds ({method}) | {', '.join(map(str, paired))} | "
+                         f"{' / '.join(f'{g:+.1f}' for g in gains)} | {statistics.mean(gains):+.1f} ± "
+                         f"{statistics.stdev(gains):.1f} |")
+    lines = ["", "| row | seeds | val mIoU per seed | mean ± std |", "|---|---|---|---|", *lines] if lines else []
+    return lines + per_class_gain(rows)
+
+
+def per_class_gain(rows: list[dict]) -> list[str]:
+    """Growth minus seeds alone (discovered superpixels) per class, IoU points averaged over the paired seeds."""
+    grown = {r["seed"]: r["class_iou"] for r in rows if r["row"] == "growth:discovery" and r.get("class_iou")}
+    alone = {r["seed"]: r["class_iou"] for r in rows if r["row"] == "seeds:discovery" and r.get("class_iou")}
+    paired = sorted(set(grown) & set(alone))
+    if len(paired) < 2:
+        return []
+    gains = {name: statistics.mean(100 * (grown[k][name] - alone[k][name]) for k in paired) for name in grown[paired[0]]}
+    ordered = sorted(gains.items(), key=lambda item: -item[1])
+    return ["", f"Growth - seeds per class (discovery, mean over seeds {', '.join(map(str, paired))}): "
+            + ", ".join(f"{name} {gain:+.1f}" for name, gain in ordered)]
+
+
 def table(rows: list[dict]) -> str:
     upper = {r["seed"]: r for r in rows if r["kind"] == "upper"}
     lines = ["| row | seed | superpixels n / UE / ASA | seeds labelled / precision | labelled in training (last pass) | val mIoU "
@@ -97,7 +136,7 @@ def table(rows: list[dict]) -> str:
             + f" | {r['val_miou']:.1f} | "
             + (f"{r['val_miou'] / bound['val_miou']:.0%}" if bound and r["kind"] != "upper" else "-")
             + f" | {r['seconds_per_epoch']} |")
-    return "\n".join(lines)
+    return "\n".join(lines + summary(rows))
 
 
 def main() -> None:
@@ -114,7 +153,12 @@ def main() -> None:
                         help="recipe KEY=VALUE for every row, e.g. stages.train_seg.epochs=5")
     parser.add_argument("--threads", type=int, help="torch/OpenCV threads (default: every core)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "superpixel_srg_msrc.json")
+    parser.add_argument("--table", action="store_true", help="only rewrite the table from the result file")
     args = parser.parse_args()
+    if args.table:
+        result = json.loads(args.out.read_text())
+        write_result(args.out, result, table(result["rows"]))
+        return
     setup_logging("INFO")
     set_threads(args.threads)
     earlier, started, rows = earlier_rows(args.out), time.time(), []
