@@ -95,6 +95,15 @@ def test_tagseg_run_with_two_processes(synthetic, tmp_path):
     record = (tmp_path / "run" / "pipeline.json").read_text()
     assert '"status": "complete"' in record and read(tmp_path / "run")["status"] == "complete"
     assert len(list((tmp_path / "run" / "make_cam").glob("*.npz"))) == len(open_dataset(synthetic, "train"))
+    # a stage command under torchrun joins the group too (alone, each process would find the other's lock)
+    stage = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                            "-m", "tagseg", "--threads", "1", "pseudo-labels", str(synthetic), str(tmp_path / "run"),
+                            "--set", "scores=make_cam", "--set", "crf=false"],
+                           capture_output=True, text=True, env=environment, timeout=600)
+    assert stage.returncode == 0, stage.stdout[-3000:] + stage.stderr[-3000:]
+    labels = json_of(tmp_path / "run" / "pseudo_labels")
+    assert labels["status"] == "complete" and labels["timings"]["items_computed"] == len(open_dataset(synthetic,
+                                                                                                     "train"))
 
 
 FAST_USS = dict(clusters=8, iterations=6, min_clusters=3, slic_segments=100, max_side=48)
@@ -110,8 +119,11 @@ def per_image_stages(rank: int, world: int, port: int, root, run) -> None:
     from tagseg.stages.perimeterfit import PerimeterFitConfig, perimeterfit
     from tagseg.stages.pseudo_labels import PseudoLabelConfig, make_pseudo_labels
     from tagseg.stages.random_walk import RandomWalkConfig, random_walk_stage
+    from tagseg.stages.refine_saliency import RefineSaliencyConfig, make_refined_saliency
     from tagseg.stages.saliency import SaliencyConfig, make_saliency
     from tagseg.stages.segment import SegmentConfig, segment_split
+    from tagseg.stages.superpixel_seeds import SuperpixelSeedsConfig, make_superpixel_seeds
+    from tagseg.stages.superpixels import SuperpixelConfig, make_superpixels
 
     torch.set_num_threads(1)  # the same thread count in every run: a convolution's float sums depend on it
     if world > 1:
@@ -120,6 +132,9 @@ def per_image_stages(rank: int, world: int, port: int, root, run) -> None:
         train = open_dataset(root, "train")
         make_cams(train, run, MakeCamConfig(scales=(1.0,), batch_size=2))
         make_saliency(train, run, SaliencyConfig())
+        make_refined_saliency(train, run, RefineSaliencyConfig())
+        make_superpixels(train, run, SuperpixelConfig(tau_sample=4, target_count=6))  # tau chosen by rank 0
+        make_superpixel_seeds(train, run, SuperpixelSeedsConfig())
         segment_split(open_dataset(root, "val"), run, SegmentConfig(scales=(1.0,)))
         perimeterfit(train, run, PerimeterFitConfig(grid=(0.2, 0.4), perimeter=PerimeterConfig(**FAST_USS)))
         make_affinity_labels(train, run, AffinityLabelsConfig())
@@ -132,7 +147,7 @@ def per_image_stages(rank: int, world: int, port: int, root, run) -> None:
             torch.distributed.destroy_process_group()
 
 
-SHARDED = ("make_cam", "saliency", "segment_val", "perimeter_slic", "perimeter_quickshift", "perimeterfit",
+SHARDED = ("make_cam", "saliency", "refine_saliency", "superpixels", "superpixel_seeds", "segment_val", "perimeter_slic", "perimeter_quickshift", "perimeterfit",
            "affinity_labels", "boundary_labels", "random_walk", "boundary_maps", "pseudo_labels")
 
 
@@ -176,7 +191,7 @@ def test_sharded_per_image_stages_write_the_same_bytes(synthetic, trained, tmp_p
         assert manifests[1]["status"] == "complete"
         assert manifests[0]["timings"]["items_computed"] == manifests[1]["timings"]["items_computed"] == len(one)
         for key in ("metrics", "thresholds", "label_free", "seed_quality", "label_fractions", "boundary_metrics",
-                    "mean_clusters_last_run"):
+                    "mean_clusters_last_run", "tau"):
             assert manifests[0].get(key) == manifests[1].get(key), f"{stage}: {key}"
     assert json_of(tmp_path / "two" / "perimeterfit")["threshold_choice"] == "grid"
 
@@ -200,6 +215,24 @@ def killed_in_group(rank: int, world: int, port: int, root, run) -> None:
     if rank == 1:
         make_cam.save_score_map = dies_while_writing
     per_image_stages_make_cam(rank, world, port, root, run)
+
+
+def stage_command_group(rank: int, world: int, port: int, root) -> None:
+    """What a stage command does first under torchrun, with torchrun's environment."""
+    from tagseg import distributed
+    from tagseg.cli import _stage_datasets
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    _stage_datasets(root, "train", "stop", 1)
+    try:
+        assert distributed.world_size() == world and distributed.rank() == rank
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_a_stage_command_under_torchrun_joins_the_group(synthetic):
+    torch.multiprocessing.spawn(stage_command_group, args=(2, free_port(), synthetic), nprocs=2)
 
 
 def per_image_stages_make_cam(rank: int, world: int, port: int, root, run) -> None:

@@ -239,10 +239,16 @@ def prior_command(
 
 
 def _stage_datasets(dataset_path: Path, split: str, on_error: OnError, workers: int,
-                    eval_split: Optional[str] = None):
-    """The split (and held-out split) a stage command works on; with skip, without unreadable images."""
+                    eval_split: Optional[str] = None, device: str = "auto"):
+    """The split (and held-out split) a stage command works on; with skip, without unreadable images.
+    Under torchrun this process first joins the group (nccl when ``device`` is a GPU, else gloo), so the
+    stage trains one model with the others or takes its share of the images."""
     from tagseg.data.dataset import open_dataset
+    from tagseg.distributed import init_from_env
+    from tagseg.runtime import resolve_device
     from tagseg.skipping import readable_only
+
+    init_from_env(resolve_device(device))
 
     datasets = [open_dataset(dataset_path, name) for name in (split, eval_split) if name]
     for kind, count in datasets[0].warning_counts().items():
@@ -318,7 +324,7 @@ def train_cam_command(
         if eval_split != "none":
             logging.getLogger("tagseg").info("no split %r: the classifier's mAP is not measured", eval_split)
         eval_split = None
-    dataset, held_out = _stage_datasets(dataset_path, split, on_error, workers, eval_split)
+    dataset, held_out = _stage_datasets(dataset_path, split, on_error, workers, eval_split, device=device)
     manifest = train_cam(dataset, run, settings, device=resolve_device(device), workers=workers,
                          eval_dataset=held_out, force=force)
     if manifest.get("classification"):
@@ -351,7 +357,7 @@ def make_cam_command(
 
     settings = load_config(MakeCamConfig, config, overrides)
     log_to_run(run)
-    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers, device=device)
     _print_cam_scores(STAGE, make_cams(dataset, run, settings, device=resolve_device(device), workers=workers,
                                        force=force))
 
@@ -382,7 +388,7 @@ def perimeter_command(
 
     settings = load_config(PerimeterConfig, config, overrides)
     log_to_run(run)
-    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers, device=device)
     manifests = perimeter_maps(dataset, run, settings, device=resolve_device(device), workers=workers, force=force)
     for variant, manifest in manifests.items():
         timing = manifest.get("seconds_per_image", {})
@@ -415,7 +421,7 @@ def perimeterfit_command(
 
     settings = load_config(PerimeterFitConfig, config, overrides)
     log_to_run(run)
-    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers, device=device)
     manifest = perimeterfit(dataset, run, settings, device=resolve_device(device), workers=workers, force=force)
     out.print(f"{STAGE}: thresholds {manifest['thresholds']} ({manifest['threshold_choice']})")
     _print_cam_scores(STAGE, manifest)
@@ -512,7 +518,7 @@ def train_affinity_command(
 
     settings = load_config(AffinityTrainConfig, config, overrides)
     log_to_run(run)
-    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers, device=device)
     manifest = train_affinity(dataset, run, settings, device=resolve_device(device), workers=workers, force=force)
     out.print(f"{STAGE}: {settings.kind}, {manifest['steps']} steps in {len(manifest['history'])} passes, final "
               f"loss {manifest['history'][-1]['loss']:.4f}, {manifest['seconds_per_epoch']:.0f} s per pass")
@@ -541,7 +547,7 @@ def random_walk_command(
 
     settings = load_config(RandomWalkConfig, config, overrides)
     log_to_run(run)
-    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers, device=device)
     _print_cam_scores(STAGE, random_walk_stage(dataset, run, settings, device=resolve_device(device),
                                                workers=workers, force=force))
 
@@ -569,7 +575,7 @@ def boundary_maps_command(
 
     settings = load_config(BoundaryMapsConfig, config, overrides)
     log_to_run(run)
-    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers, device=device)
     manifest = make_boundary_maps(dataset, run, settings, device=resolve_device(device), workers=workers,
                                   force=force)
     scored = manifest.get("boundary_metrics")
@@ -700,7 +706,7 @@ def superpixels_command(
 
     settings = load_config(SuperpixelConfig, config, overrides)
     log_to_run(run)
-    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers, device=device)
     manifest = make_superpixels(dataset, run, settings, device=resolve_device(device), workers=workers, force=force)
     line = f"{STAGE}: {settings.method}" + (f", tau {manifest['tau']:.3f}" if manifest.get("tau") is not None else "")
     metrics = manifest.get("metrics")
@@ -770,7 +776,7 @@ def train_seg_command(
 
     settings = load_config(SegTrainConfig, config, overrides)
     log_to_run(run)
-    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers, device=device)
     manifest = train_seg(dataset, run, settings, device=resolve_device(device), workers=workers, force=force)
     out.print(f"{STAGE}: {settings.head} on {settings.labels}, {manifest['steps']} steps in "
               f"{len(manifest['history'])} passes, final loss {manifest['history'][-1]['loss']:.4f}, "
@@ -799,7 +805,7 @@ def segment_command(
 
     settings = load_config(SegmentConfig, config, overrides)
     log_to_run(run)
-    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers)
+    dataset, _ = _stage_datasets(dataset_path, split, on_error, workers, device=device)
     manifest = segment_split(dataset, run, settings, device=resolve_device(device), workers=workers, force=force)
     line = f"segment_{split}: {len(dataset)} masks"
     if manifest.get("metrics"):

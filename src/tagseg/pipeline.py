@@ -126,7 +126,7 @@ def run_recipe(recipe: Recipe, configs: dict[str, BaseModel]) -> dict:
     from tagseg.runtime import resolve_device
     from tagseg.skipping import readable_only
 
-    recipe = recipe.model_copy(update={"device": distributed.local_device(resolve_device(recipe.device))})
+    recipe = recipe.model_copy(update={"device": resolve_device(recipe.device)})
     distributed.init_from_env(recipe.device)
     train = open_dataset(recipe.dataset, recipe.train_split)
     held_out = open_dataset(recipe.dataset, recipe.eval_split) if recipe.eval_split else None

@@ -143,11 +143,13 @@ class ArtifactDir:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        together = self._group is not None and exc_type is None
         if self._shadow:
-            if exc_type is None:
-                self._group.barrier()  # rank 0 writes the final manifest after the others are done
+            if together:
+                self._group.barrier()  # this process is done: rank 0 may write the final manifest
+                self._group.barrier()  # it has: a next stage may read it
             return
-        if self._group is not None and exc_type is None:
+        if together:
             self._group.barrier()
         try:
             timings = self.manifest["timings"]
@@ -158,6 +160,8 @@ class ArtifactDir:
         finally:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
+        if together:
+            self._group.barrier()
 
     def _read_manifest(self) -> dict | None:
         if not self.manifest_path.exists():

@@ -33,13 +33,16 @@ def log_to_run(run_dir: Path) -> None:
 
 
 def resolve_device(name: str = "auto") -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; asking for a missing GPU is an error."""
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; asking for a missing GPU is an error. Under torchrun
+    'cuda' is this process's own GPU (``cuda:<LOCAL_RANK>``)."""
     import torch
 
+    from tagseg.distributed import local_device
+
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA GPU is visible to torch (use --device cpu or auto)")
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise ConfigError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
-    return name
+    return local_device(name)

@@ -41,9 +41,9 @@ def centre_prior(height: int, width: int, sigma: float) -> np.ndarray:
 def run_prior(dataset: Dataset, run: Path, config: PriorConfig, *, force: bool = False, workers: int = 1) -> dict:
     """Write ``<run>/prior/<id>.npz`` for every image; resumes; scores the maps when masks exist."""
     with stage_dir(run, STAGE, {**config.model_dump(), **dataset.identity()},
-                   force=force) as stage:
+                   force=force, collective=True) as stage:
         record_skipped(stage, dataset)
-        todo = stage.pending(dataset.ids, ".npz")
+        todo = stage.share(stage.pending(dataset.ids, ".npz"))
         log.info("prior: %d of %d images to do", len(todo), len(dataset))
 
         def make(record: Record) -> None:
@@ -55,6 +55,9 @@ def run_prior(dataset: Dataset, run: Path, config: PriorConfig, *, force: bool =
         records = [dataset.record(i) for i in todo]
         for _ in parallel_map(make, records, len(records), "prior", workers):
             pass
-        stage.record(items_computed=len(todo))
+        computed = stage.gather(len(todo))
+        if computed is None:  # another process of a torchrun group: rank 0 records and scores
+            return stage.manifest
+        stage.record(items_computed=computed)
         stage.record(**score_stage_fields(stage.path, dataset, workers))
         return stage.manifest

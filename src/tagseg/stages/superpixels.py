@@ -97,21 +97,26 @@ def make_superpixels(dataset: Dataset, run: Path, config: SuperpixelConfig, *, d
         if config.method == "discovery":
             net = create_backbone(config.feature_backbone(), weights=config.weights,
                                   output_stride=GRID_STRIDE if config.features == "vit" else 16).to(device).eval()
-            tau = stage.manifest.get("tau")
-            if tau is None:
+
+            def chosen_tau() -> float:
                 tau, found = choose_tau(dataset, net, config, device)
-                stage.record(tau=tau, tau_sample_count=found)
+                stage.record(tau_sample_count=found)
+                return tau
+
+            tau = stage.agree("tau", chosen_tau)  # chosen by rank 0: every process cuts at the same tau
             for record in track(todo, len(todo), f"superpixels ({len(todo)} images)"):
                 image = read_image(record.image_path)[0]
                 grid = discover_superpixels(feature_grid(net, image, config.features, device), tau)
                 finish(record, upsample_labels(grid, *image.shape[:2]), image)
         else:
-            request = stage.manifest.get("requested_count")
-            if request is None:
+            def requested() -> int:
                 request, found = baseline_request([read_image(dataset.records[i].image_path)[0]
                                                    for i in sample_indices(dataset, config.tau_sample)],
                                                   config.method, config.target_count)
-                stage.record(requested_count=request, sample_count=round(found, 2))
+                stage.record(sample_count=round(found, 2))
+                return request
+
+            request = stage.agree("requested_count", requested)
 
             def make(record):
                 image = read_image(record.image_path)[0]
