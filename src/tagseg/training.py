@@ -12,9 +12,11 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from tagseg import distributed
@@ -24,6 +26,12 @@ from tagseg.rundir import ArtifactDir, atomic_write
 from tagseg.threads import worker_count
 
 log = logging.getLogger(__name__)
+
+
+# the training stages' ``sync_batchnorm`` key (see :func:`train_epochs`)
+SyncBatchNorm = Annotated[bool, Field(description="under torchrun on GPUs: BatchNorm layers that train normalise "
+                                                  "over the whole global batch (SyncBatchNorm); frozen ones are "
+                                                  "unaffected")]
 
 
 def epoch_batches(items: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:

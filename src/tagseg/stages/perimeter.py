@@ -87,7 +87,7 @@ def _variant_maps(dataset: Dataset, run: Path, config: PerimeterConfig, variant:
         if not pending:
             return stage.manifest
         batches = stage.share(batches_by_size(pending, config.batch_size))  # per-image seeds: any split is the same
-        todo = sum(len(batch) for batch in batches)
+        mine = sum(len(batch) for batch in batches)
         seconds = {"presegment": 0.0, "uss": 0.0, "canny": 0.0}
 
         def prepare(batch: list[Record]):
@@ -102,7 +102,7 @@ def _variant_maps(dataset: Dataset, run: Path, config: PerimeterConfig, variant:
 
         clusters_kept = 0
         for batch, images, small, segments, preseg_seconds in parallel_map(
-                prepare, batches, len(batches), f"perimeter {variant} ({todo} images)", workers):
+                prepare, batches, len(batches), f"perimeter {variant} ({mine} images)", workers):
             started = time.perf_counter()
             clusters = unsupervised_segmentation(
                 small, segments, clusters=config.clusters, iterations=config.iterations, lr=config.lr,
@@ -119,7 +119,7 @@ def _variant_maps(dataset: Dataset, run: Path, config: PerimeterConfig, variant:
                 write_mask(stage.item_path(record.id, ".png"), edges.astype(np.uint8))
                 clusters_kept += int(labels.max()) + 1
         totals = stage.total({**seconds, "clusters": clusters_kept})  # over every process's share
-        computed = stage.gather(todo)
+        computed = stage.gather(mine)
         if computed is None:  # another process of a torchrun group: rank 0 records
             return stage.manifest
         earlier = stage.manifest.get("seconds", {})

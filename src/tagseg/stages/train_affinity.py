@@ -32,7 +32,7 @@ from tagseg.rundir import atomic_write, finished_stage, stage_dir
 from tagseg.skipping import record_skipped, without_skipped_by
 from tagseg.stages.affinity_labels import STAGE as SEED_STAGE
 from tagseg.stages.boundary_labels import STAGE as BOUNDARY_LABELS_STAGE
-from tagseg.training import build_optimizer, mean_epoch_seconds, train_epochs, training_steps
+from tagseg.training import SyncBatchNorm, build_optimizer, mean_epoch_seconds, train_epochs, training_steps
 
 STAGE = "train_affinity"
 MODEL_FILE = "model.pt"
@@ -63,8 +63,7 @@ class AffinityTrainConfig(BaseModel):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(1e-4, ge=0, description="L2 weight decay")
     seed: int = Field(0, description="data order and augmentation depend only on (seed, epoch, image)")
-    sync_batchnorm: bool = Field(False, description="under torchrun on GPUs: BatchNorm layers that train normalise over "
-                                                    "the whole global batch (SyncBatchNorm); frozen ones are unaffected")
+    sync_batchnorm: SyncBatchNorm = False
 
     @property
     def labels_stage(self) -> str:

@@ -40,7 +40,8 @@ from tagseg import distributed
 from tagseg.rundir import ArtifactDir, atomic_write, file_digest, read_manifest, stage_dir
 from tagseg.sizing import REFERENCE_SIZE
 from tagseg.skipping import record_skipped
-from tagseg.training import build_optimizer, mean_epoch_seconds, set_train_mode, train_epochs, training_steps
+from tagseg.training import (SyncBatchNorm, build_optimizer, mean_epoch_seconds, set_train_mode, train_epochs,
+                              training_steps)
 
 STAGE = "train_cam"
 MODEL_FILE = "model.pt"
@@ -135,8 +136,7 @@ class CamTrainConfig(BaseModel):
     smoothing: SmoothingConfig | None = Field(None, description="train with the structure-aware smoothing branch "
                                                                 "(any head); null: without")
     seed: int = Field(0, description="data order and augmentation depend only on (seed, epoch, image)")
-    sync_batchnorm: bool = Field(False, description="under torchrun on GPUs: BatchNorm layers that train normalise over "
-                                                    "the whole global batch (SyncBatchNorm); frozen ones are unaffected")
+    sync_batchnorm: SyncBatchNorm = False
     holdout_fraction: float = Field(0.1, ge=0, le=0.5, description="without an eval split: share of each class's "
                                     "images held out of training to measure mAP; 0 = none")
     alarm: AlarmConfig = Field(default_factory=AlarmConfig, description="when to warn that the classifier is weak")

@@ -42,7 +42,8 @@ from tagseg import distributed
 from tagseg.rundir import atomic_write, file_digest, finished_stage, stage_dir
 from tagseg.skipping import record_skipped, without_skipped_by
 from tagseg.stages.train_cam import MODEL_FILE as CAM_MODEL_FILE, load_cam_net
-from tagseg.training import build_optimizer, mean_epoch_seconds, set_train_mode, train_epochs, training_steps
+from tagseg.training import (SyncBatchNorm, build_optimizer, mean_epoch_seconds, set_train_mode, train_epochs,
+                              training_steps)
 
 STAGE = "train_seg"
 MODEL_FILE = "model.pt"
@@ -75,8 +76,7 @@ class SegTrainConfig(BaseModel):
     weight_decay: float = Field(1e-4, ge=0, description="L2 weight decay")
     freeze_bn: bool = Field(True, description="keep the backbone's BatchNorm statistics fixed (small batches)")
     seed: int = Field(0, description="data order and augmentation depend only on (seed, epoch, image)")
-    sync_batchnorm: bool = Field(False, description="under torchrun on GPUs: BatchNorm layers that train normalise over "
-                                                    "the whole global batch (SyncBatchNorm); frozen ones are unaffected")
+    sync_batchnorm: SyncBatchNorm = False
     objective: Literal["masks", "saliency", "seeds"] = Field(
         "masks", description="masks: cross-entropy on class masks; saliency: the saliency loss on 0/1/255 "
                              "foreground masks (dissertation eq. 2.7); seeds: the balanced seed loss on sparse "
@@ -261,7 +261,8 @@ def train_seg(dataset: Dataset, run: Path, config: SegTrainConfig, *, device: st
         history, steps_run = train_epochs(
             net, optimizer, stage, stage.path / CHECKPOINT_FILE, steps=steps,
             crops=crops, batch_size=config.batch_size, seed=config.seed, workers=workers, step_loss=step_loss,
-            set_train_mode=lambda: set_train_mode(net, config.freeze_bn), device=device, name=STAGE, sync_batchnorm=config.sync_batchnorm)
+            set_train_mode=lambda: set_train_mode(net, config.freeze_bn), device=device, name=STAGE,
+            sync_batchnorm=config.sync_batchnorm)
         saved = {"state_dict": net.state_dict(), "config": config.model_dump(), "class_names": dataset.class_names}
         distributed.on_main(lambda: atomic_write(model_path, lambda tmp: torch.save(saved, tmp)))
         stage.record(items_computed=steps_run * config.batch_size, steps=steps, train_images=len(dataset),
