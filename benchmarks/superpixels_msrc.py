@@ -1,4 +1,5 @@
-"""Superpixels on msrc-voc (CPU): the dissertation's Table 3.5 layout, discovery against SLIC / SEEDS / LSC.
+"""Superpixels on msrc-voc (CPU): the dissertation's Table 3.5 layout, discovery against SLIC / SEEDS / LSC and
+the normalised cut of §3.5.
 
     .venv/bin/python benchmarks/superpixels_msrc.py
     .venv/bin/python benchmarks/superpixels_msrc.py --taus 0.1 0.2 0.3 0.4 0.5 --target 29
@@ -6,7 +7,9 @@
 Discovery (Table 3.1) groups the default CNN's multi-level patch features (ImageNet weights, the
 ``features: cnn`` of the superpixels stage: no DINO weights exist offline) at each tau of --taus and
 at the tau chosen without masks to give --target superpixels per image (``tau: auto``, chosen on
---tau-sample images as the stage does). The baselines run at the count that auto tau gives (matched
+--tau-sample images as the stage does). The normalised cut (eq. 3.13-3.15) cuts the same affinity at that
+tau, and at each of --ncut-taus, into at most the matched count per image: at the same tau it stops
+well before (what remains is alike at that tau), so higher taus bring it to the matched count. The baselines run at the count that auto tau gives (matched
 n: each is asked for the count that gives that mean on the tau sample). Every method is scored per image against the class masks (UE, ASA, boundary recall / precision
 within 2 px, void excluded) and averaged; seconds per image are the method's own (features and
 grouping for discovery, measured apart).
@@ -26,8 +29,8 @@ from tagseg.data.dataset import open_dataset
 from tagseg.data.imageio import read_image, read_mask
 from tagseg.metrics import superpixel_scores
 from tagseg.models.backbones import create_backbone
-from tagseg.refine.superpixels import (BASELINES, baseline_request, baseline_superpixels, discover_superpixels, tau_for_count,
-                                       upsample_labels)
+from tagseg.refine.superpixels import (BASELINES, baseline_request, baseline_superpixels, discover_superpixels,
+                                       ncut_superpixels, tau_for_count, upsample_labels)
 from tagseg.stages.superpixels import feature_grid
 from tagseg.threads import set_threads
 
@@ -45,6 +48,8 @@ def main() -> None:
     parser.add_argument("--taus", nargs="+", type=float, default=[0.2, 0.3, 0.4, 0.5, 0.6])
     parser.add_argument("--target", type=float, default=29.0, help="tau: auto's mean count per image")
     parser.add_argument("--tau-sample", type=int, default=40)
+    parser.add_argument("--ncut-taus", nargs="*", type=float, default=[0.75, 0.85],
+                        help="the normalised cut also at these taus (at auto tau it stops early: the rest is alike)")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "superpixels_msrc.json")
     args = parser.parse_args()
@@ -72,6 +77,12 @@ def main() -> None:
         rows.append(summarise("discovery (cnn)" + (" auto" if tau == auto_tau else ""), tau, scores, seconds,
                               len(records)))
     matched = rows[-1]["n"]
+    for tau in [auto_tau, *args.ncut_taus]:
+        started = time.perf_counter()
+        scores = [superpixel_scores(upsample_labels(ncut_superpixels(grid, tau, round(matched)), *image.shape[:2]),
+                                    truth) for image, truth, grid in zip(images, truths, grids)]
+        rows.append(summarise("ncut (cnn)" + (" at auto tau" if tau == auto_tau else ""), tau, scores,
+                              time.perf_counter() - started + feature_seconds, len(records)))
     for method in BASELINES:  # asked for the count that gives the matched n on the same sample as tau
         request, _ = baseline_request([images[i] for i in picks], method, matched)
         started = time.perf_counter()

@@ -7,7 +7,8 @@ import pytest
 
 from tagseg.metrics import superpixel_scores
 from tagseg.refine.superpixels import (baseline_superpixels, count_for_tau, discover_superpixels,
-                                       initial_seeds, relabel, tau_for_count, upsample_labels)
+                                       initial_seeds, ncut_superpixels, relabel, second_eigenvector, tau_for_count,
+                                       upsample_labels)
 
 # three groups: X = {0, 1, 5} (p5 close to X, slightly towards Y), Y = {2, 3}, Z = {4}
 GRID = np.array([[[1, 0, 0], [1, 0, 0], [0, 1, 0]],
@@ -33,6 +34,41 @@ def test_every_patch_lands_in_exactly_one_superpixel_and_tau_sets_the_count():
     assert abs(count - (fine.max() + 1)) <= 0.25 * (fine.max() + 1)
     with pytest.raises(ValueError, match="tau"):
         discover_superpixels(features, 1.0)
+
+
+def test_ncut_cuts_off_the_smaller_part_and_stops_when_the_rest_is_alike():
+    # three orthogonal groups on a 12 x 12 grid: left 4 columns (48), right top (64), right bottom (32)
+    features = np.zeros((12, 12, 3))
+    features[:, :4, 0] = 1
+    features[:8, 4:, 1] = 1
+    features[8:, 4:, 2] = 1
+    labels = ncut_superpixels(features, tau=0.3, count=10)
+    groups = [labels[:, :4], labels[:8, 4:], labels[8:, 4:]]
+    assert all(len(np.unique(group)) == 1 for group in groups)  # no group is cut
+    assert len({int(group[0, 0]) for group in groups}) == 3  # and each is its own superpixel: n = 3 < count
+    # the first cut is the balanced one, {right top} against {left, right bottom}: its smaller side (64 < 80)
+    # is the first superpixel, then the rest splits into its two groups
+    assert labels[0, 4] == 0 and labels[8, 4] == 1 and labels[0, 0] == 2
+    assert ncut_superpixels(features, tau=0.3, count=2).max() == 1  # the count caps the cuts
+    assert ncut_superpixels(features, tau=0.3, count=1).max() == 0
+    with pytest.raises(ValueError, match="count"):
+        ncut_superpixels(features, 0.3, 0)
+
+
+def test_ncut_eigenvector_sparse_solver_equals_the_dense_one():
+    rng = np.random.default_rng(0)
+    affinity = np.where(rng.random((120, 120)) > 0.6, 1.0, 1e-3)
+    affinity = np.maximum(affinity, affinity.T)
+    np.fill_diagonal(affinity, 1.0)
+    sparse, dense = second_eigenvector(affinity, dense_below=0), second_eigenvector(affinity, dense_below=1000)
+    np.testing.assert_allclose(sparse, dense, atol=1e-7)
+    # eq. 3.15 holds: (D - W) y = lambda D y, with lambda the second smallest generalised eigenvalue
+    degree = affinity.sum(axis=1)
+    residual = (np.diag(degree) - affinity) @ dense
+    value = float(dense @ residual / (dense @ (degree * dense)))
+    np.testing.assert_allclose(residual, value * degree * dense, atol=1e-9)
+    scaled = affinity / np.sqrt(np.outer(degree, degree))
+    assert np.isclose(1 - value, np.sort(np.linalg.eigvalsh(scaled))[-2])
 
 
 def test_upsample_and_relabel():
@@ -176,6 +212,9 @@ def test_superpixel_stages_then_training_with_growth(synthetic, tmp_path):
     assert again["timings"]["items_computed"] == len(dataset)  # resumed: nothing recomputed
     slic = make_superpixels(dataset, tmp_path / "slic", SuperpixelConfig(method="slic", target_count=6))
     assert "tau" not in slic["config"] and slic["metrics"]["n"] > 1 and slic["requested_count"] >= 2
+    ncut = make_superpixels(dataset, tmp_path / "ncut", SuperpixelConfig(method="ncut", weights=None, target_count=6,
+                                                                       tau_sample=2))
+    assert 0 <= ncut["tau"] < 1 and 1 < ncut["metrics"]["n"] <= 6
     snapped = make_superpixels(dataset, tmp_path / "crf", SuperpixelConfig(method="slic", target_count=6, crf=True))
     assert snapped["metrics"]["n"] > 1  # the CRF may merge or drop superpixels, never invents labels
 

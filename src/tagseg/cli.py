@@ -693,10 +693,11 @@ def superpixels_command(
     force: Force = False,
     on_error: OnErrorOption = "stop",
 ) -> None:
-    """Superpixel label maps (dissertation ch. 3): discovered from patch features, or SLIC / SEEDS / LSC;
-    scored with UE / ASA / boundary recall and precision when the dataset has masks.
+    """Superpixel label maps (dissertation ch. 3): discovered from patch features, cut from the same affinity
+    by repeated normalised cut, or SLIC / SEEDS / LSC; scored with UE / ASA / boundary recall and precision
+    when the dataset has masks.
 
-    Keys: method (discovery | slic | seeds | lsc), features (cnn | vit), backbone (null: efficientnet_lite0
+    Keys: method (discovery | ncut | slic | seeds | lsc), features (cnn | vit), backbone (null: efficientnet_lite0
     or vit_small_dino8), weights (imagenet or a file), tau (auto or a number in [0, 1)), target_count (29),
     tau_sample (40), crf (false), crf_settings.*, image_size (auto).
     """

@@ -3,10 +3,12 @@
 ``method: discovery`` groups stride-8 patch features (:mod:`tagseg.models.patch_features`: a
 DINO ViT's keys with ``features: vit``, else the default CNN's levels) with Table 3.1
 (:func:`tagseg.refine.superpixels.discover_superpixels`) and upsamples the grid to the image;
-``slic``, ``seeds`` and ``lsc`` are the classic baselines, asked for the count that gives
+``ncut`` cuts the same patch affinity with the dissertation's repeated normalised cut (§3.5,
+eq. 3.13-3.15; :func:`tagseg.refine.superpixels.ncut_superpixels`) into at most ``target_count``
+superpixels, at discovery's tau; ``slic``, ``seeds`` and ``lsc`` are the classic baselines, asked for the count that gives
 ``target_count`` superpixels per image on a sample (they give fewer than asked). tau is a
 number, or ``auto``: the tau whose mean count on a sample of the images is closest to
-``target_count``, chosen without masks (the dissertation's tau 0.3 gives about 29 per VOC image
+``target_count`` with discovery, chosen without masks (the dissertation's tau 0.3 gives about 29 per VOC image
 with DINO keys; other features need another tau for the same count). ``crf`` snaps the
 upsampled superpixels to colour edges with a dense CRF. Output ``<run>/superpixels/<id>.png``
 (16-bit label maps), scored with UE / ASA / BR / BP when the dataset has masks.
@@ -31,32 +33,35 @@ from tagseg.models.backbones import DEFAULT_BACKBONE, create_backbone
 from tagseg.models.patch_features import GRID_STRIDE, patch_features
 from tagseg.progress import parallel_map, track
 from tagseg.refine.crf import crf_labels
-from tagseg.refine.superpixels import (baseline_request, baseline_superpixels, discover_superpixels, relabel,
-                                       tau_for_count, upsample_labels)
+from tagseg.refine.superpixels import (baseline_request, baseline_superpixels, discover_superpixels, ncut_superpixels,
+                                       relabel, tau_for_count, upsample_labels)
 from tagseg.rundir import stage_dir
 from tagseg.sizing import IMAGE_SIZE_HELP, ImageSize, resolve_image_size
 from tagseg.skipping import record_skipped
 
 STAGE = "superpixels"
 VIT_BACKBONE = "vit_small_dino8"
+FEATURE_METHODS = ("discovery", "ncut")  # the methods that group patch features
 log = logging.getLogger(__name__)
 
 
 class SuperpixelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["discovery", "slic", "seeds", "lsc"] = Field(
-        "discovery", description="discovery (Table 3.1 on patch features) or a baseline: slic, seeds, lsc")
+    method: Literal["discovery", "ncut", "slic", "seeds", "lsc"] = Field(
+        "discovery", description="discovery (Table 3.1 on patch features), ncut (repeated normalised cut on the "
+                                 "same affinity, eq. 3.13-3.15, at most target_count per image) or a baseline: "
+                                 "slic, seeds, lsc")
     features: Literal["cnn", "vit"] = Field(
-        "cnn", description="discovery: vit (a DINO ViT's last-block keys; weights from a file offline) or cnn (the "
+        "cnn", description="discovery and ncut: vit (a DINO ViT's last-block keys; weights from a file offline) or cnn (the "
                            "default CNN's levels on a stride-8 grid)")
     backbone: str | None = Field(None, description="the feature network (null: efficientnet_lite0 for cnn, "
                                                    "vit_small_dino8 for vit)")
     weights: str | None = Field("imagenet", description="the feature network's weights: 'imagenet' (downloads "
                                                         "DINO for vit) or a state-dict file")
     tau: float | Literal["auto"] = Field(
-        "auto", description="similarity threshold of discovery in [0, 1), or auto: chosen on tau_sample images "
-                            "to give target_count superpixels per image")
+        "auto", description="similarity threshold of discovery and ncut in [0, 1), or auto: chosen on tau_sample "
+                            "images to give target_count discovered superpixels per image")
     target_count: float = Field(29.0, gt=1, description="mean superpixels per image that tau: auto and the "
                                                         "baselines aim at (the dissertation's VOC mean)")
     tau_sample: int = Field(40, ge=1, description="images (evenly spread) on which tau: auto, or a baseline's "
@@ -80,7 +85,7 @@ def make_superpixels(dataset: Dataset, run: Path, config: SuperpixelConfig, *, d
     """Write ``<run>/superpixels/<id>.png`` for every image; resumes; scores them when masks exist."""
     image_size = resolve_image_size(config.image_size, dataset)
     stage_config = {**config.model_dump(mode="json"), "image_size": image_size, **dataset.identity()}
-    if config.method != "discovery":  # the feature keys do not apply
+    if config.method not in FEATURE_METHODS:  # the feature keys do not apply
         stage_config = {k: v for k, v in stage_config.items() if k not in ("features", "backbone", "weights", "tau")}
     crf_params = config.crf_settings.params(image_size) if config.crf else None
     with stage_dir(run, STAGE, stage_config, force=force, collective=True) as stage:
@@ -94,7 +99,7 @@ def make_superpixels(dataset: Dataset, run: Path, config: SuperpixelConfig, *, d
                 labels = crf_labels(image, relabel(labels), int(labels.max()) + 1, params=crf_params)
             write_label_map(stage.item_path(record.id, ".png"), relabel(labels))
 
-        if config.method == "discovery":
+        if config.method in FEATURE_METHODS:
             net = create_backbone(config.feature_backbone(), weights=config.weights,
                                   output_stride=GRID_STRIDE if config.features == "vit" else 16).to(device).eval()
 
@@ -106,7 +111,9 @@ def make_superpixels(dataset: Dataset, run: Path, config: SuperpixelConfig, *, d
             tau = stage.agree("tau", chosen_tau)  # chosen by rank 0: every process cuts at the same tau
             for record in track(todo, len(todo), f"superpixels ({len(todo)} images)"):
                 image = read_image(record.image_path)[0]
-                grid = discover_superpixels(feature_grid(net, image, config.features, device), tau)
+                grid = feature_grid(net, image, config.features, device)
+                grid = (discover_superpixels(grid, tau) if config.method == "discovery"
+                        else ncut_superpixels(grid, tau, round(config.target_count)))
                 finish(record, upsample_labels(grid, *image.shape[:2]), image)
         else:
             def requested() -> int:
