@@ -10,7 +10,8 @@ Rows use recipes/superpixel_srg.yaml's settings except what they name: ``growth`
 (discovery, slic, seeds, lsc) for both the background seed and the growth. ``--alphas`` / ``--betas``
 run the growth row at each value (a sweep changes one of them; the other keeps the recipe's). Each
 row reports the superpixels (n, UE, ASA), the seeds (labelled share, precision), the labelled share
-after growth in the last pass, val mIoU and seconds per epoch; ``--upper`` adds the same DeepLab on
+after growth in the last pass, val mIoU (with ``--crf`` also the same network's output refined by the
+dense CRF) and seconds per epoch; ``--upper`` adds the same DeepLab on
 the true masks. Stages shared by rows run once per seed; rows of an earlier result file that this
 call does not rerun are kept.
 """
@@ -57,6 +58,11 @@ def run_row(kind: str, method: str, alpha: float, beta: float, seed: int, args) 
         else ["stages.train_seg.growth=null"]
     run_stages(row_run, ["train_seg", "segment"], seeds + growth,
                {**cams, "superpixels": regions / "superpixels", "superpixel_seeds": seeded / "superpixel_seeds"}, args)
+    crf = None
+    if args.crf:  # Tables 3.7-3.8's "val + crf": the same network, its output refined by the dense CRF
+        run_stages(row_run / "crf", ["segment"], seeds + growth + ["stages.segment.crf=true"],
+                   {"train_seg": row_run / "train_seg"}, args)
+        crf = pct(read_manifest(row_run / "crf" / "segment_val")["metrics"]["miou"])
     superpixels = read_manifest(regions / "superpixels")
     quality = read_manifest(seeded / "superpixel_seeds")["seed_quality"]
     trained, segmented = read_manifest(row_run / "train_seg"), read_manifest(row_run / "segment_val")
@@ -65,7 +71,7 @@ def run_row(kind: str, method: str, alpha: float, beta: float, seed: int, args) 
             "superpixels": {k: superpixels["metrics"][k] for k in ("n", "ue", "asa", "br", "bp")},
             "tau": superpixels.get("tau"), "seeds": {k: round(v, 4) for k, v in quality.items()},
             "labelled_after_growth": trained["history"][-1].get("labelled"),
-            "val_miou": pct(segmented["metrics"]["miou"]), "class_iou": class_iou(segmented),
+            "val_miou": pct(segmented["metrics"]["miou"]), "val_miou_crf": crf, "class_iou": class_iou(segmented),
             "seconds_per_epoch": trained.get("seconds_per_epoch"), "wall_seconds": round(time.time() - started, 1)}
 
 
@@ -125,7 +131,7 @@ def per_class_gain(rows: list[dict]) -> list[str]:
 def table(rows: list[dict]) -> str:
     upper = {r["seed"]: r for r in rows if r["kind"] == "upper"}
     lines = ["| row | seed | superpixels n / UE / ASA | seeds labelled / precision | labelled in training (last pass) | val mIoU "
-             "| of fully supervised | s / epoch |", "|---|---|---|---|---|---|---|---|"]
+             "| val + CRF | of fully supervised | s / epoch |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         sp, seeds, bound = r.get("superpixels"), r.get("seeds"), upper.get(r["seed"])
         lines.append(
@@ -134,6 +140,7 @@ def table(rows: list[dict]) -> str:
             + (f"{100 * seeds['labelled_fraction']:.1f}% / {100 * seeds['precision']:.1f}%" if seeds else "-") + " | "
             + (f"{100 * r['labelled_after_growth']:.1f}%" if r.get("labelled_after_growth") is not None else "-")
             + f" | {r['val_miou']:.1f} | "
+            + (f"{r['val_miou_crf']:.1f}" if r.get("val_miou_crf") is not None else "-") + " | "
             + (f"{r['val_miou'] / bound['val_miou']:.0%}" if bound and r["kind"] != "upper" else "-")
             + f" | {r['seconds_per_epoch']} |")
     return "\n".join(lines + summary(rows))
@@ -149,6 +156,8 @@ def main() -> None:
     parser.add_argument("--betas", nargs="+", type=float, default=[], help="growth row at each beta (eq. 3.7)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--upper", action="store_true", help="also train the same DeepLab on the true masks")
+    parser.add_argument("--crf", action="store_true", help="also score each row's network with a dense CRF on its "
+                                                           "output (Tables 3.7-3.8's val + crf)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="recipe KEY=VALUE for every row, e.g. stages.train_seg.epochs=5")
     parser.add_argument("--threads", type=int, help="torch/OpenCV threads (default: every core)")
