@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -59,7 +59,7 @@ class SuperpixelConfig(BaseModel):
                                                    "vit_small_dino8 for vit)")
     weights: str | None = Field("imagenet", description="the feature network's weights: 'imagenet' (downloads "
                                                         "DINO for vit) or a state-dict file")
-    tau: float | Literal["auto"] = Field(
+    tau: Annotated[float, Field(ge=0, lt=1)] | Literal["auto"] = Field(
         "auto", description="similarity threshold of discovery and ncut in [0, 1), or auto: chosen on tau_sample "
                             "images to give target_count discovered superpixels per image")
     target_count: float = Field(29.0, gt=1, description="mean superpixels per image that tau: auto and the "
