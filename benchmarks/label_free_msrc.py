@@ -34,9 +34,8 @@ from common import MSRC, ROOT, pct, write_result
 from tagseg.artifacts import load_score_map
 from tagseg.data.dataset import open_dataset
 from tagseg.data.imageio import read_image
-from tagseg.data.transforms import normalize, resize
 from tagseg.label_free import (
-    GRID, choose, crf_agreement, expected_iou_of, histogram_of, masking_criterion, masking_logits, matched_area,
+    GRID, choose, crf_agreement, expected_iou_of, histogram_of, image_masking_logits, masking_criterion, matched_area,
     sample_ids, threshold_labels,
 )
 from tagseg.refine.crf import CrfParams
@@ -51,12 +50,8 @@ def image_criteria(record, scores: np.ndarray, net, scale: float, crf_params: Cr
     image = read_image(record.image_path)[0]
     labels = threshold_labels(scores, GRID)
     out = {"crf": crf_agreement(image, labels, len(scores) + 1, 0.7, crf_params)}
-    height, width = round(image.shape[0] * scale), round(image.shape[1] * scale)
-    small = np.stack([resize(s, height, width) for s in scores]) if len(scores) else scores
-    x = torch.from_numpy(normalize(resize(image, height, width), net.backbone.mean, net.backbone.std))
     if len(scores):
-        logits = masking_logits(net.class_scores, x, threshold_labels(small, GRID),
-                                [c - 1 for c in record.labels])
+        logits = image_masking_logits(image, scores, [c - 1 for c in record.labels], net, scale)
         out.update({f"masking_{k}": v for k, v in logits.items()})
     return out
 

@@ -50,7 +50,7 @@ def test_resume_reproduces_an_uninterrupted_run(synthetic, tmp_path, interrupted
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
-def test_train_and_make_cam_beat_all_background(synthetic_128, tmp_path):
+def test_train_and_make_cam_beat_all_background(synthetic_128, tmp_path, monkeypatch):
     train, val = open_dataset(synthetic_128, "train"), open_dataset(synthetic_128, "val")
     config = CamTrainConfig(**{**TINY, "epochs": 10, "crop_size": 128})
     manifest = train_cam(train, tmp_path, config, eval_dataset=val)
@@ -74,9 +74,17 @@ def test_train_and_make_cam_beat_all_background(synthetic_128, tmp_path):
     # the label-free method is rescoring only: another one reuses the stage's CAMs
     otsu = make_cams(train, tmp_path, MakeCamConfig(scales=(1.0, 1.5), label_free="otsu"))
     assert otsu["label_free"]["method"] == "otsu" and otsu["timings"]["items_computed"] == len(train)
-    masked = make_cams(train, tmp_path, MakeCamConfig(scales=(1.0, 1.5), label_free="masking"))["label_free"]
+    # image_size 320: the classifier judges these 128 px photos at their own size (2.5x costs minutes)
+    masked = make_cams(train, tmp_path, MakeCamConfig(scales=(1.0, 1.5), label_free="masking", image_size=320),
+                       force=True)["label_free"]
     asked = masked if masked["method"] == "masking" else masked["masking"]  # a weak classifier falls back to Otsu
     assert asked["classes_asked"] > 0 and len(asked["criterion"]) == len(GRID)
+    # the classifier judges masks at the pixel sizes it runs at: 320 / image_size of the photo
+    shown = []
+    monkeypatch.setattr("tagseg.evaluate.stage_threshold",
+                        lambda *args: shown.append(args[-1]) or {"method": "otsu", "threshold": 0.5})
+    make_cams(train, tmp_path, MakeCamConfig(scales=(1.0,), label_free="masking", image_size=640), force=True)
+    assert shown == [0.5]
 
 
 def test_config_errors_name_the_key(tmp_path):

@@ -145,6 +145,39 @@ def test_stage_threshold_by_masking_and_its_fallbacks(make_voc, tmp_path):
     assert fallback["masking"]["classes_seen"] == 0
 
 
+
+def test_masking_judges_images_at_the_normalised_size(make_voc, tmp_path):
+    """On a dataset of image_size 2 x 320 px the classifier must see images (and masks) at half size, the
+    pixel sizes it was trained and run at: what it is shown equals the halved image and halved scores."""
+    from types import SimpleNamespace
+
+    from tagseg.data.transforms import normalize, resize
+    from tagseg.label_free import GRID, image_masking_logits, masking_logits, stage_threshold, threshold_labels
+
+    dataset, folder, net = stage_case(make_voc, tmp_path)
+    shapes = []
+
+    def class_scores(batch):
+        shapes.append(tuple(batch.shape[-2:]))
+        return batch.mean((1, 2, 3))[:, None].repeat(1, 2)
+
+    seeing = SimpleNamespace(backbone=net.backbone, class_scores=class_scores)
+    stage_threshold(folder, dataset, "masking", seeing, scale=0.5)
+    assert shapes and set(shapes) == {(12, 16)}  # the 24 x 32 images, halved
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    scores = rng.uniform(0, 1, (2, 24, 32)).astype(np.float32)
+    got = image_masking_logits(image, scores, [0, 1], seeing, 0.5)
+    small = np.stack([resize(s, 12, 16) for s in scores])
+    x = torch.from_numpy(normalize(resize(image, 12, 16), net.backbone.mean, net.backbone.std))
+    expected = masking_logits(seeing.class_scores, x, threshold_labels(small, GRID), [0, 1])
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key])
+    same = image_masking_logits(image, scores, [0, 1], seeing, 1.0)
+    x = torch.from_numpy(normalize(image, net.backbone.mean, net.backbone.std))
+    np.testing.assert_allclose(same["erased"], masking_logits(seeing.class_scores, x, threshold_labels(scores, GRID),
+                                                              [0, 1])["erased"])
+
 def test_expected_miou_by_hand():
     from tagseg.label_free import FINE_GRID, class_histograms, expected_miou
 

@@ -35,7 +35,7 @@ import torch
 
 from tagseg.artifacts import load_score_map
 from tagseg.data.imageio import read_image
-from tagseg.data.transforms import normalize
+from tagseg.data.transforms import normalize, resize
 from tagseg.metrics import otsu_threshold
 from tagseg.progress import parallel_map, track
 from tagseg.refine.crf import CrfParams, crf_labels
@@ -239,10 +239,25 @@ def expected_iou_of(folder: Path, ids: list[str], num_classes: int, workers: int
     return choose(FINE_GRID, criterion), criterion
 
 
-def masking_of(folder: Path, dataset, net, device: str = "cpu", count: int = SAMPLE) -> tuple[np.ndarray, int, int]:
+def image_masking_logits(image: np.ndarray, scores: np.ndarray, classes, net, scale: float = 1.0,
+                         device: str = "cpu") -> dict[str, np.ndarray]:
+    """:func:`masking_logits` of one RGB uint8 ``image`` and its (K, H, W) ``scores`` for the tagged
+    ``classes`` (0-based), both rescaled by ``scale`` first: the classifier judges the masks at the
+    pixel sizes it was trained and run at (``REFERENCE_SIZE / image_size``, see :mod:`tagseg.sizing`)."""
+    height, width = max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale))
+    if (height, width) != image.shape[:2]:
+        image = resize(image, height, width)
+        scores = np.stack([resize(s, height, width) for s in scores]) if len(scores) else scores[:, :height, :width]
+    x = torch.from_numpy(normalize(image, net.backbone.mean, net.backbone.std)).to(device)
+    return masking_logits(net.class_scores, x, threshold_labels(scores, GRID), classes)
+
+
+def masking_of(folder: Path, dataset, net, device: str = "cpu", count: int = SAMPLE,
+               scale: float = 1.0) -> tuple[np.ndarray, int, int]:
     """The masking criterion of a folder of score maps per :data:`GRID` threshold (mean over the
-    sampled images), asking ``net`` (a CAM classifier, ``class_scores``) about each, and how many of
-    the (image, tagged class) pairs it asked about the classifier sees (full image above blank)."""
+    sampled images), asking ``net`` (a CAM classifier, ``class_scores``) about each image rescaled by
+    ``scale``, and how many of the (image, tagged class) pairs it asked about the classifier sees
+    (full image above blank)."""
     ids = sample_ids(dataset.ids, count)
     total = np.zeros(len(GRID))
     seen = pairs = 0
@@ -251,25 +266,26 @@ def masking_of(folder: Path, dataset, net, device: str = "cpu", count: int = SAM
         if not len(classes):
             continue
         image = read_image(dataset.record(item_id).image_path)[0]
-        x = torch.from_numpy(normalize(image, net.backbone.mean, net.backbone.std)).to(device)
-        logits = masking_logits(net.class_scores, x, threshold_labels(scores, GRID), classes - 1)
+        logits = image_masking_logits(image, scores, classes - 1, net, scale, device)
         total += masking_criterion(**logits)
         seen += int(np.count_nonzero(logits["full"] > logits["blank"]))
         pairs += len(classes)
     return total / max(len(ids), 1), seen, pairs
 
 
-def stage_threshold(folder: Path, dataset, method: str, net=None, device: str = "cpu", workers: int = 1) -> dict:
+def stage_threshold(folder: Path, dataset, method: str, net=None, device: str = "cpu", workers: int = 1,
+                    scale: float = 1.0) -> dict:
     """What a score stage records as its label-free choice: ``method``, ``threshold`` and, for
-    ``masking``, the criterion over :data:`GRID`. Without a classifier ``masking`` falls back to
-    Otsu, saying so, and so it does when no mask beats a random one of its area (a classifier that
-    does not see the tagged classes cannot judge masks)."""
+    ``masking``, the criterion over :data:`GRID` (images rescaled by ``scale`` for the classifier).
+    Without a classifier ``masking`` falls back to Otsu, saying so, and so it does when no mask
+    beats a random one of its area (a classifier that does not see the tagged classes cannot judge
+    masks)."""
     if method == "masking" and net is None:
         log.warning("%s: no trained classifier in the run for the masking threshold; using Otsu's", folder)
         return {"method": "otsu", "threshold": otsu_of(folder, dataset.ids, workers),
                 "note": "masking needs train_cam/model.pt"}
     if method == "masking":
-        criterion, seen, pairs = masking_of(folder, dataset, net, device)
+        criterion, seen, pairs = masking_of(folder, dataset, net, device, scale=scale)
         found = {"images": len(sample_ids(dataset.ids)), "classes_seen": seen, "classes_asked": pairs,
                  "criterion": {str(t): round(float(v), 5) for t, v in zip(GRID, criterion)}}
         if criterion.max() <= 0:

@@ -118,5 +118,6 @@ def make_cams(dataset: Dataset, run: Path, config: MakeCamConfig, *, device: str
         if computed:
             stage.record(items_computed=computed,
                          images_per_second=round(computed / (time.perf_counter() - started), 3))
-        stage.record(**score_stage_fields(stage.path, dataset, workers, config.label_free, net, device))
+        stage.record(**score_stage_fields(stage.path, dataset, workers, config.label_free, net, device,
+                                          input_scales([1.0], image_size)[0]))
         return stage.manifest

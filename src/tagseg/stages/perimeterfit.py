@@ -30,6 +30,7 @@ from tagseg.metrics import ThresholdSweep
 from tagseg.progress import parallel_map
 from tagseg.refine.perimeterfit import Combination, combine, fit_masks, perimeter_regions, region_minimum
 from tagseg.rundir import finished_stage, read_manifest, stage_dir
+from tagseg.sizing import input_scales, resolve_image_size
 from tagseg.skipping import record_skipped, without_skipped_by
 from tagseg.stages.perimeter import PerimeterConfig, Variant, perimeter_maps, read_perimeter, stage_name
 from tagseg.stages.train_cam import run_classifier
@@ -153,7 +154,9 @@ def perimeterfit(dataset: Dataset, run: Path, config: PerimeterFitConfig, *, dev
         else:
             label_free = config.label_free
         net = run_classifier(run, device) if label_free == "masking" else None
-        stage.record(**score_stage_fields(stage.path, dataset, workers, label_free, net, device))
+        image_size = cam_manifest["config"].get("image_size") or resolve_image_size("auto", dataset)
+        stage.record(**score_stage_fields(stage.path, dataset, workers, label_free, net, device,
+                                          input_scales([1.0], image_size)[0]))
         return stage.manifest
 
 

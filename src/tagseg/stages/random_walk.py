@@ -156,7 +156,7 @@ def random_walk_stage(dataset: Dataset, run: Path, config: RandomWalkConfig, *, 
         label_free = (from_source(source, run / config.cams, stage.path, dataset.ids, workers)
                       if config.label_free == "from_source" else config.label_free)
         classifier = run_classifier(run, device) if label_free == "masking" else None
-        stage.record(**score_stage_fields(stage.path, dataset, workers, label_free, classifier, device))
+        stage.record(**score_stage_fields(stage.path, dataset, workers, label_free, classifier, device, scale))
         return stage.manifest
 
 
