@@ -11,12 +11,16 @@ resumes), chooses the threshold from a subset of the images (``--max-images``, e
 reads its mIoU on the whole split from the stage's recorded threshold curve. The oracle is that
 curve's best. No rule parameter is fitted to masks: the erase fill (backbone mean), the scale the
 classifier sees, the CRF settings (the recipe's) and the threshold grids are fixed in advance.
-Rules: ``otsu`` (the stage's record), ``expected_iou`` (all images' histograms), for PerimeterFit
-``from_cams`` (the CAMs' expected-IoU threshold halved, as the ``silop`` combination halves the
-scores of the pixels it does not keep), for the walk ``from_source`` (the threshold keeping the
-PerimeterFit foreground share at that threshold), ``masking`` (logit form, falling back to Otsu when no mask
-beats a random one, as the stages do), its probability form, its uncorrected form (kept - erased:
-no area term), and ``crf`` agreement.
+Rules: ``otsu`` (of the stage's scores), ``expected_iou`` (all images' histograms), ``masking``
+(the stages' probability form, falling back to Otsu as the stages do when the classifier sees fewer
+than half the tagged classes or no mask beats a random one), its logit form (``masking_logit``, the
+stages' rule before), its uncorrected form (kept - erased: no area term), ``crf`` agreement, and the
+chains the stages' defaults build from each CAM rule R but the last two: for PerimeterFit
+``from_cams(R)`` (R's CAM threshold halved, as the ``silop`` combination halves the scores of the
+pixels it does not keep), for the walk ``from_source(R)`` (the threshold keeping the foreground
+share its source stage, the walk's ``cams``, has at R's threshold there). These score the same
+maps at other thresholds: in a real run PerimeterFit also fits, and the affinity labels are cut,
+at the chain's thresholds.
 """
 
 from __future__ import annotations
@@ -35,15 +39,17 @@ from tagseg.artifacts import load_score_map
 from tagseg.data.dataset import open_dataset
 from tagseg.data.imageio import read_image
 from tagseg.label_free import (
-    GRID, choose, crf_agreement, expected_iou_of, histogram_of, image_masking_logits, masking_criterion, matched_area,
-    sample_ids, threshold_labels,
+    GRID, MIN_SEEN, choose, crf_agreement, expected_iou_of, histogram_of, image_masking_logits, masking_criterion,
+    matched_area, otsu_of, sample_ids, threshold_labels,
 )
 from tagseg.refine.crf import CrfParams
 from tagseg.rundir import finished_stage
+from tagseg.sizing import REFERENCE_SIZE, input_scales
 from tagseg.stages.train_cam import MODEL_FILE, load_cam_net
 
 STAGES = ("make_cam", "perimeterfit", "random_walk")
 NAMES = {"make_cam": "CAM", "perimeterfit": "PerimeterFit", "random_walk": "walk"}
+CHAIN_RULES = ("otsu", "expected_iou", "masking", "masking_logit")  # CAM rules followed downstream
 
 
 def image_criteria(record, scores: np.ndarray, net, scale: float, crf_params: CrfParams) -> dict:
@@ -61,7 +67,8 @@ def stage_criteria(run: Path, stage: str, dataset, ids: list[str], net, scale: f
     """Per-threshold totals over ``ids`` of every rule's criterion (per-image values cached on disk)."""
     cache = run / "label_free_bench" / stage
     cache.mkdir(parents=True, exist_ok=True)
-    totals = {name: np.zeros(len(GRID)) for name in ("masking", "masking_probability", "masking_uncorrected", "crf")}
+    totals = {name: np.zeros(len(GRID)) for name in ("masking", "masking_logit", "masking_uncorrected", "crf")}
+    seen = pairs = 0
     started = time.perf_counter()
     for n, item_id in enumerate(ids):
         path = cache / f"{item_id}.npz"
@@ -74,11 +81,13 @@ def stage_criteria(run: Path, stage: str, dataset, ids: list[str], net, scale: f
             if "masking_full" in data:
                 logits = {k: data[f"masking_{k}"] for k in ("full", "blank", "erased", "kept", "area")}
                 totals["masking"] += masking_criterion(**logits)
-                totals["masking_probability"] += masking_criterion(**logits, space="probability")
+                totals["masking_logit"] += masking_criterion(**logits, space="logit")
                 # the score's fall with the mask minus its fall with the complement, without the area term
                 half = np.full_like(logits["area"], 0.5)  # 2 * area - 1 = 0
-                totals["masking_uncorrected"] += masking_criterion(**{**logits, "area": half}, space="probability")
-    return {name: values / len(ids) for name, values in totals.items()}
+                totals["masking_uncorrected"] += masking_criterion(**{**logits, "area": half})
+                seen += int(np.count_nonzero(logits["full"] > logits["blank"]))
+                pairs += len(logits["full"])
+    return {name: values / len(ids) for name, values in totals.items()}, seen >= MIN_SEEN * pairs
 
 
 def miou_at(curve: list[dict], threshold: float) -> float:
@@ -95,7 +104,8 @@ def main() -> None:
     parser.add_argument("--max-images", type=int, default=64, help="images the image-based rules look at")
     parser.add_argument("--image-stages", nargs="*", default=list(STAGES), choices=STAGES,
                         help="stages that the image-based rules (masking, crf) also run on")
-    parser.add_argument("--scale", type=float, default=1.0, help="image scale the classifier sees when masking")
+    parser.add_argument("--scale", type=float, help="image scale the classifier sees when masking (default: 320 / "
+                                                     "the run's image_size, as the stages)")
     parser.add_argument("--crf-bilateral-sxy", type=float, default=32.0, help="the recipe's CRF width")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "label_free_msrc.json")
     args = parser.parse_args()
@@ -105,28 +115,42 @@ def main() -> None:
     net, _ = load_cam_net(args.run / "train_cam" / MODEL_FILE)
     crf_params = CrfParams(bilateral_sxy=args.crf_bilateral_sxy)
     ids = sample_ids(dataset.ids, args.max_images)
-    rows = []
+    if args.scale is None:
+        args.scale = input_scales([1.0], finished_stage(args.run, "make_cam", "the label-free benchmark")["config"].get(
+            "image_size", REFERENCE_SIZE))[0]
+    rows, chosen = [], {}  # chosen: stage -> the threshold each CAM rule leads to there
     for stage in args.stages:
         manifest = finished_stage(args.run, stage, "the label-free benchmark")
         curve = manifest["curve"]
         started = time.perf_counter()
-        totals = (stage_criteria(args.run, stage, dataset, ids, net, args.scale, crf_params)
-                  if stage in args.image_stages else {})
+        totals, sees = (stage_criteria(args.run, stage, dataset, ids, net, args.scale, crf_params)
+                        if stage in args.image_stages else ({}, False))
         seconds = time.perf_counter() - started
-        otsu = manifest["label_free"]["threshold"]
+        otsu = otsu_of(args.run / stage, dataset.ids)  # not the stage's record: that is its own rule's choice
         expected, _ = expected_iou_of(args.run / stage, dataset.ids, dataset.num_classes)
-        # the defaults' chain: CAM expected_iou -> PerimeterFit from_cams (halved) -> walk from_source
-        cams = expected_iou_of(args.run / "make_cam", dataset.ids, dataset.num_classes)[0]
+        own = {"otsu": otsu, "expected_iou": expected,
+               **{name: choose(GRID, values) if not name.startswith("masking") or (sees and values.max() > 0) else otsu
+                  for name, values in totals.items()}}
+        if stage == "make_cam":
+            chosen[stage] = {rule: t for rule, t in own.items() if rule in CHAIN_RULES}
+        cams = chosen.get("make_cam") or {"expected_iou": expected_iou_of(args.run / "make_cam", dataset.ids,
+                                                                          dataset.num_classes)[0]}
+        # the defaults' chains: a CAM rule -> PerimeterFit from_cams (halved) -> walk from_source (matched area)
         if stage == "perimeterfit":
-            rules_extra = {"from_cams": round(0.5 * cams, 3)}
+            chosen[stage] = {rule: round(0.5 * t, 3) for rule, t in cams.items()}
+            derived = {f"from_cams({rule})": t for rule, t in chosen[stage].items()}
         elif stage == "random_walk":
-            rules_extra = {"from_source": matched_area(histogram_of(args.run / "perimeterfit", dataset.ids), 0.5 * cams,
-                                                       histogram_of(args.run / stage, dataset.ids))}
+            source = manifest["config"].get("cams", "perimeterfit")
+            if source not in chosen:
+                chosen[source] = {rule: round(0.5 * t, 3) for rule, t in cams.items()} if source == "perimeterfit" \
+                    else cams
+            source_histogram, walked = histogram_of(args.run / source, dataset.ids), histogram_of(args.run / stage,
+                                                                                                  dataset.ids)
+            derived = {f"from_source({rule})": matched_area(source_histogram, t, walked)
+                       for rule, t in chosen[source].items()}
         else:
-            rules_extra = {}
-        rules = {"otsu": otsu, "expected_iou": expected, **rules_extra,
-                 **{name: choose(GRID, values) if values.max() > 0 or not name.startswith("masking") else otsu
-                    for name, values in totals.items()}}
+            derived = {}
+        rules = {**own, **derived}
         oracle = pct(manifest["metrics"]["miou"])
         rows.append({"stage": stage, "oracle_threshold": manifest["threshold"], "oracle_miou": oracle,
                      "rules": {name: {"threshold": t, "miou": pct(miou_at(curve, t)),

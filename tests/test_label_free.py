@@ -21,11 +21,11 @@ def test_masking_criterion_by_hand():
     full, blank = np.array([2.0]), np.array([-2.0])
     erased, kept, area = np.array([[-2.0], [0.0]]), np.array([[2.0], [0.0]]), np.array([[0.25], [0.5]])
     # t0: 2 - (-2) - (0.5 - 1) * 4 = 6; t1: 0 - 0 - 0 * 4 = 0
-    np.testing.assert_allclose(masking_criterion(full, blank, erased, kept, area), [6.0, 0.0])
-    # as probabilities, with ln 3 -> 0.75 and -ln 3 -> 0.25: 0.75 - 0.25 - (0.5 - 1) * 0.5 = 0.75
+    np.testing.assert_allclose(masking_criterion(full, blank, erased, kept, area, space="logit"), [6.0, 0.0])
+    # as probabilities (the default), with ln 3 -> 0.75 and -ln 3 -> 0.25: 0.75 - 0.25 - (0.5 - 1) * 0.5 = 0.75
     l3 = np.log(3.0)
     np.testing.assert_allclose(masking_criterion(np.array([l3]), np.array([-l3]), np.array([[-l3]]),
-                                                 np.array([[l3]]), np.array([[0.25]]), space="probability"), [0.75])
+                                                 np.array([[l3]]), np.array([[0.25]])), [0.75])
     # the empty and the whole-image mask score zero whatever the classifier says
     ends = masking_criterion(full, blank, np.array([[2.0], [-2.0]]), np.array([[-2.0], [2.0]]),
                              np.array([[0.0], [1.0]]))
@@ -41,7 +41,8 @@ def test_choose_takes_the_largest_total_and_the_lowest_threshold_on_ties():
 def square_case(size: int = 32):
     """An image whose object (a bright square) is exactly the pixels scoring above 0.5, inside a halo
     of scores 0.3-0.5 and a background below 0.2; the classifier's logit grows with how much of the
-    square is visible, so the best threshold is known: 0.5."""
+    square is visible (from -2 to 2: a classifier that a part of the object does not already convince,
+    or the probability form keeps the smallest part that does), so the best threshold is known: 0.5."""
     rng = np.random.default_rng(0)
     scores = rng.uniform(0.0, 0.2, (1, size, size)).astype(np.float32)
     scores[0, 6:26, 6:26] = rng.uniform(0.3, 0.5, (20, 20))
@@ -52,7 +53,7 @@ def square_case(size: int = 32):
 
     def classify(batch: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, 2) logits, class 1 is ours
         visible = (batch[:, 0] > 0.5).float().mean(dim=(1, 2)) / area
-        return torch.stack([torch.zeros_like(visible), 10 * visible - 5], dim=1)
+        return torch.stack([torch.zeros_like(visible), 4 * visible - 2], dim=1)
 
     return scores, image, classify
 
@@ -62,12 +63,13 @@ def test_masking_picks_the_known_best_threshold_where_otsu_does_not():
     labels = threshold_labels(scores, GRID)
     logits = masking_logits(classify, image, labels, [1], batch_size=8)
     assert logits["erased"].shape == logits["kept"].shape == logits["area"].shape == (len(GRID), 1)
-    np.testing.assert_allclose(logits["full"], [5.0])
-    np.testing.assert_allclose(logits["blank"], [-5.0])
+    np.testing.assert_allclose(logits["full"], [2.0])
+    np.testing.assert_allclose(logits["blank"], [-2.0])
     at = GRID.index(0.5)
     assert logits["area"][at, 0] == pytest.approx(144 / 32 ** 2)
-    assert logits["erased"][at, 0] == pytest.approx(-5.0) and logits["kept"][at, 0] == pytest.approx(5.0)
+    assert logits["erased"][at, 0] == pytest.approx(-2.0) and logits["kept"][at, 0] == pytest.approx(2.0)
     assert choose(GRID, masking_criterion(**logits)) == 0.5
+    assert choose(GRID, masking_criterion(**logits, space="logit")) == 0.5
     assert abs(otsu(best_score_histogram(scores)) - 0.5) > 0.05
 
 
@@ -93,7 +95,7 @@ def test_masking_logits_ask_about_each_class_with_its_own_mask():
 def test_classes_the_classifier_does_not_see_count_zero():
     # full <= blank: the image holds no more evidence of the class than a blank one
     criterion = masking_criterion(np.array([2.0, -1.0]), np.array([-2.0, 0.5]), np.array([[-2.0, 3.0]]),
-                                  np.array([[2.0, -3.0]]), np.array([[0.25, 0.5]]))
+                                  np.array([[2.0, -3.0]]), np.array([[0.25, 0.5]]), space="logit")
     np.testing.assert_allclose(criterion, [6.0])
 
 
@@ -119,7 +121,7 @@ def stage_case(make_voc, tmp_path):
 
     def class_scores(batch):
         left = (batch[:, 0] != 0)[:, inside].float().mean(dim=1)
-        return (10 * left - 5)[:, None].repeat(1, 2)
+        return (4 * left - 2)[:, None].repeat(1, 2)
 
     net = SimpleNamespace(backbone=SimpleNamespace(mean=(0.25, 0.25, 0.25), std=(1.0, 1.0, 1.0)),
                           class_scores=class_scores)
@@ -142,7 +144,19 @@ def test_stage_threshold_by_masking_and_its_fallbacks(make_voc, tmp_path):
     blind = SimpleNamespace(backbone=net.backbone, class_scores=lambda batch: torch.zeros(len(batch), 2))
     fallback = stage_threshold(folder, dataset, "masking", blind)
     assert fallback["method"] == "otsu" and fallback["threshold"] == otsu_only["threshold"]
-    assert fallback["masking"]["classes_seen"] == 0
+    assert fallback["masking"]["classes_seen"] == 0 and "too few" in fallback["note"]
+    # a classifier that sees the class in the background, against the object and its halo: every mask
+    # (the object, the halo, some background) loses to a random one of its area
+    weights = torch.ones(24, 32)
+    weights[2:18, 4:22] = -1.0
+
+    def background_evidence(batch):
+        return (4 * ((batch[:, 0] != 0) * weights).mean(dim=(1, 2)))[:, None].repeat(1, 2)
+
+    wrong = stage_threshold(folder, dataset, "masking", SimpleNamespace(backbone=net.backbone,
+                                                                         class_scores=background_evidence))
+    assert wrong["method"] == "otsu" and "no mask beat" in wrong["note"]
+    assert wrong["masking"]["classes_seen"] == len(dataset)
 
 
 
