@@ -56,7 +56,8 @@ def test_train_and_make_cam_beat_all_background(synthetic_128, tmp_path, monkeyp
     manifest = train_cam(train, tmp_path, config, eval_dataset=val)
     assert manifest["history"][-1]["loss"] < manifest["history"][0]["loss"] / 2
     assert manifest["classification"]["map"] > 0.5
-    cams = make_cams(train, tmp_path, MakeCamConfig(scales=(1.0, 1.5)))
+    assert MakeCamConfig().label_free == "masking"
+    cams = make_cams(train, tmp_path, MakeCamConfig(scales=(1.0, 1.5), label_free="expected_iou"))
     all_background = ConfusionMatrix(train.num_classes)
     for record in train.records:
         mask = train.load_mask(record)
@@ -67,7 +68,7 @@ def test_train_and_make_cam_beat_all_background(synthetic_128, tmp_path, monkeyp
     files = sorted(p.name for p in (tmp_path / "make_cam").glob("synth_*.npz"))
     assert len(files) == len(train)
     assert json.loads((tmp_path / "make_cam" / "manifest.json").read_text())["status"] == "complete"
-    again = make_cams(train, tmp_path, MakeCamConfig(scales=(1.0, 1.5)))  # resumes: nothing to do
+    again = make_cams(train, tmp_path, MakeCamConfig(scales=(1.0, 1.5), label_free="expected_iou"))  # resumes
     assert again["timings"]["items_computed"] == len(train)
     free = again["label_free"]
     assert free["method"] == "expected_iou" and free["metrics"]["miou"] is not None

@@ -141,10 +141,13 @@ def test_stage_threshold_by_masking_and_its_fallbacks(make_voc, tmp_path):
     assert otsu_only["method"] == "otsu" and otsu_only["threshold"] != 0.45
     no_net = stage_threshold(folder, dataset, "masking", None)
     assert no_net["method"] == "otsu" and "train_cam/model.pt" in no_net["note"]
-    blind = SimpleNamespace(backbone=net.backbone, class_scores=lambda batch: torch.zeros(len(batch), 2))
+    batches = []
+    blind = SimpleNamespace(backbone=net.backbone,
+                            class_scores=lambda batch: batches.append(len(batch)) or torch.zeros(len(batch), 2))
     fallback = stage_threshold(folder, dataset, "masking", blind)
     assert fallback["method"] == "otsu" and fallback["threshold"] == otsu_only["threshold"]
     assert fallback["masking"]["classes_seen"] == 0 and "too few" in fallback["note"]
+    assert batches == [2] * len(dataset)  # full and blank per image: the masks were never scored
     # a classifier that sees the class in the background, against the object and its halo: every mask
     # (the object, the halo, some background) loses to a random one of its area
     weights = torch.ones(24, 32)

@@ -349,7 +349,7 @@ def make_cam_command(
 
     Keys: scales (default [0.5, 1, 1.5, 2], for a 320 px photo), flip (true), reduce (sum | max: how the
     scales' CAMs combine; max is the dissertation's eq. 2.4), batch_size (images of one size per pass),
-    image_size (auto: the split's median long side; scales are converted for it), label_free (expected_iou).
+    image_size (auto: the split's median long side; scales are converted for it), label_free (masking).
     """
     from tagseg.config import load_config
     from tagseg.runtime import resolve_device

@@ -48,8 +48,8 @@ class MakeCamConfig(BaseModel):
     batch_size: int = Field(4, ge=1, description="images of the same size per forward pass")
     image_size: ImageSize = Field("auto", description=IMAGE_SIZE_HELP)
     label_free: LabelFreeMethod = Field(
-        "expected_iou", description="how the label-free threshold is chosen (rescoring only: not part of the "
-                                    "stage's identity)")
+        "masking", description="how the label-free threshold is chosen (rescoring only: not part of the "
+                               "stage's identity)")
 
     _scales = field_validator("scales")(positive_scales)
 
