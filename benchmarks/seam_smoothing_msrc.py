@@ -34,7 +34,8 @@ from tagseg.threads import set_threads
 RECIPE = ROOT / "recipes" / "seam.yaml"
 BASES = {"cam": ["head=cam"], "puzzle": ["head=puzzle", "puzzle_alpha=1"], "seam": ["head=seam"]}
 # seam.yaml picks SEAM's label-free CAM threshold with the classifier (masking); the other heads keep
-# the make_cam default (expected_iou), as their own recipes do
+# expected_iou, the make_cam default when their rows were first run (masking is the default since), so
+# every seed of a row is judged alike
 LABEL_FREE = {"cam": "expected_iou", "puzzle": "expected_iou", "seam": "masking"}
 SCORED = ("make_cam", "random_walk", "pseudo_labels")
 
