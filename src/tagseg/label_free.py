@@ -9,8 +9,9 @@ threshold, in their modules; docs/benchmarks/label-free.md has the measurements)
   probability that it belongs to the class winning it. Histograms only; it trusts the head's
   calibration, and misses by 18.7 mIoU on SEAM's spread-out maps.
 - ``otsu``: Otsu's split of the histogram of every pixel's best score over the split.
-- ``masking`` (the CAM default: the best worst case over the heads measured): ask the classifier. For each t and tagged class, erase the class's mask
-  (pixels set to the backbone's mean colour) and, separately, erase everything but the mask.
+- ``masking`` (the CAM default: the best worst case over the heads measured): ask the
+  classifier. For each t and tagged class, erase the class's mask (pixels set to the
+  backbone's mean colour) and, separately, erase everything but the mask.
   A good mask takes the class's score with it when erased and keeps it when kept; an
   over-large mask does both trivially (t -> 0 erases the whole image), so each term is
   measured against a random mask of the same area, whose erasure would remove that fraction
@@ -288,9 +289,9 @@ def stage_threshold(folder: Path, dataset, method: str, net=None, device: str = 
                     scale: float = 1.0) -> dict:
     """What a score stage records as its label-free choice: ``method``, ``threshold`` and, for
     ``masking``, the criterion over :data:`GRID` (images rescaled by ``scale`` for the classifier).
-    Without a classifier ``masking`` falls back to Otsu, saying so, and so it does when no mask
-    beats a random one of its area (a classifier that does not see the tagged classes cannot judge
-    masks)."""
+    Without a classifier ``masking`` falls back to Otsu, saying so, and so it does when the
+    classifier sees fewer than :data:`MIN_SEEN` of the tagged classes it is asked about (it cannot
+    judge masks of classes it does not see) or when no mask beats a random one of its area."""
     if method == "masking" and net is None:
         log.warning("%s: no trained classifier in the run for the masking threshold; using Otsu's", folder)
         return {"method": "otsu", "threshold": otsu_of(folder, dataset.ids, workers),
@@ -302,7 +303,8 @@ def stage_threshold(folder: Path, dataset, method: str, net=None, device: str = 
         why = ("the classifier sees too few of the tagged classes" if seen < MIN_SEEN * pairs
                else "no mask beat a random one for the classifier" if criterion.max() <= 0 else None)
         if why:
-            log.warning("%s: %s (%d of %d seen) to choose a masking threshold; using Otsu's", folder, why, seen, pairs)
+            log.warning("%s: %s (%d of %d seen) to choose a masking threshold; using Otsu's", folder, why, seen,
+                        pairs)
             return {"method": "otsu", "threshold": otsu_of(folder, dataset.ids, workers), "note": why,
                     "masking": found}
         return {"method": method, "threshold": choose(GRID, criterion), **found}
