@@ -16,9 +16,10 @@ Rules: ``otsu`` (of the stage's scores), ``expected_iou`` (all images' histogram
 than half the tagged classes or no mask beats a random one), its logit form (``masking_logit``, the
 stages' rule before), its uncorrected form (kept - erased: no area term), ``crf`` agreement, and the
 chains the stages' defaults build from each CAM rule R but the last two: for PerimeterFit
-``from_cams(R)`` (R's CAM threshold halved, as the ``silop`` combination halves the scores of the
-pixels it does not keep), for the walk ``from_source(R)`` (the threshold keeping the foreground
-share its source stage, the walk's ``cams``, has at R's threshold there). These score the same
+``from_cams(R)`` (R's CAM threshold through the run's combination, ``combined_threshold``: halved
+for ``silop``, which halves the scores of the pixels it does not keep), for the walk
+``from_source(R)`` (the threshold keeping the foreground share its source stage, the walk's
+``cams``, has at R's threshold there). These score the same
 maps at other thresholds: in a real run PerimeterFit also fits, and the affinity labels are cut,
 at the chain's thresholds.
 """
@@ -39,12 +40,13 @@ from tagseg.artifacts import load_score_map
 from tagseg.data.dataset import open_dataset
 from tagseg.data.imageio import read_image
 from tagseg.label_free import (
-    GRID, MIN_SEEN, choose, crf_agreement, expected_iou_of, histogram_of, image_masking_logits, masking_criterion,
-    matched_area, otsu_of, sample_ids, threshold_labels,
+    GRID, choose, crf_agreement, expected_iou_of, histogram_of, image_masking_logits, masking_criterion,
+    masking_fallback, matched_area, otsu_of, sample_ids, threshold_labels,
 )
 from tagseg.refine.crf import CrfParams
-from tagseg.rundir import finished_stage
+from tagseg.rundir import finished_stage, read_manifest
 from tagseg.sizing import REFERENCE_SIZE, input_scales
+from tagseg.stages.perimeterfit import combined_threshold
 from tagseg.stages.train_cam import MODEL_FILE, load_cam_net
 
 STAGES = ("make_cam", "perimeterfit", "random_walk")
@@ -63,8 +65,9 @@ def image_criteria(record, scores: np.ndarray, net, scale: float, crf_params: Cr
 
 
 def stage_criteria(run: Path, stage: str, dataset, ids: list[str], net, scale: float,
-                   crf_params: CrfParams) -> dict[str, np.ndarray]:
-    """Per-threshold totals over ``ids`` of every rule's criterion (per-image values cached on disk)."""
+                   crf_params: CrfParams) -> tuple[dict[str, np.ndarray], int, int]:
+    """Per-threshold totals over ``ids`` of every rule's criterion (per-image values cached on disk),
+    and how many of the (image, tagged class) pairs the classifier sees, of how many."""
     cache = run / "label_free_bench" / stage
     cache.mkdir(parents=True, exist_ok=True)
     totals = {name: np.zeros(len(GRID)) for name in ("masking", "masking_logit", "masking_uncorrected", "crf")}
@@ -87,7 +90,7 @@ def stage_criteria(run: Path, stage: str, dataset, ids: list[str], net, scale: f
                 totals["masking_uncorrected"] += masking_criterion(**{**logits, "area": half})
                 seen += int(np.count_nonzero(logits["full"] > logits["blank"]))
                 pairs += len(logits["full"])
-    return {name: values / len(ids) for name, values in totals.items()}, seen >= MIN_SEEN * pairs
+    return {name: values / len(ids) for name, values in totals.items()}, seen, pairs
 
 
 def miou_at(curve: list[dict], threshold: float) -> float:
@@ -123,27 +126,28 @@ def main() -> None:
         manifest = finished_stage(args.run, stage, "the label-free benchmark")
         curve = manifest["curve"]
         started = time.perf_counter()
-        totals, sees = (stage_criteria(args.run, stage, dataset, ids, net, args.scale, crf_params)
-                        if stage in args.image_stages else ({}, False))
+        totals, seen, pairs = (stage_criteria(args.run, stage, dataset, ids, net, args.scale, crf_params)
+                               if stage in args.image_stages else ({}, 0, 0))
         seconds = time.perf_counter() - started
         otsu = otsu_of(args.run / stage, dataset.ids)  # not the stage's record: that is its own rule's choice
         expected, _ = expected_iou_of(args.run / stage, dataset.ids, dataset.num_classes)
         own = {"otsu": otsu, "expected_iou": expected,
-               **{name: choose(GRID, values) if not name.startswith("masking") or (sees and values.max() > 0) else otsu
-                  for name, values in totals.items()}}
+               **{name: otsu if name.startswith("masking") and masking_fallback(seen, pairs, values) else
+                  choose(GRID, values) for name, values in totals.items()}}  # the stages' fallback
         if stage == "make_cam":
             chosen[stage] = {rule: t for rule, t in own.items() if rule in CHAIN_RULES}
         cams = chosen.get("make_cam") or {"expected_iou": expected_iou_of(args.run / "make_cam", dataset.ids,
                                                                           dataset.num_classes)[0]}
         # the defaults' chains: a CAM rule -> PerimeterFit from_cams (halved) -> walk from_source (matched area)
+        combination = (read_manifest(args.run / "perimeterfit") or {}).get("config", {}).get("combination", "silop")
         if stage == "perimeterfit":
-            chosen[stage] = {rule: round(0.5 * t, 3) for rule, t in cams.items()}
+            chosen[stage] = {rule: combined_threshold(t, combination) for rule, t in cams.items()}
             derived = {f"from_cams({rule})": t for rule, t in chosen[stage].items()}
         elif stage == "random_walk":
             source = manifest["config"].get("cams", "perimeterfit")
             if source not in chosen:
-                chosen[source] = {rule: round(0.5 * t, 3) for rule, t in cams.items()} if source == "perimeterfit" \
-                    else cams
+                chosen[source] = ({rule: combined_threshold(t, combination) for rule, t in cams.items()}
+                                  if source == "perimeterfit" else cams)
             source_histogram, walked = histogram_of(args.run / source, dataset.ids), histogram_of(args.run / stage,
                                                                                                   dataset.ids)
             derived = {f"from_source({rule})": matched_area(source_histogram, t, walked)

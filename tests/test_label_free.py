@@ -162,6 +162,25 @@ def test_stage_threshold_by_masking_and_its_fallbacks(make_voc, tmp_path):
     assert wrong["masking"]["classes_seen"] == len(dataset)
 
 
+def test_masking_fallback_at_its_edges():
+    from tagseg.label_free import masking_fallback
+
+    beats = np.array([-0.1, 0.0, 0.2])
+    assert masking_fallback(5, 10, beats) is None  # exactly MIN_SEEN of the pairs is enough
+    assert "too few" in masking_fallback(4, 10, beats)
+    assert "no mask beat" in masking_fallback(10, 10, np.array([-0.1, 0.0]))
+
+
+def test_masking_reads_each_sampled_photo_once(make_voc, tmp_path, monkeypatch):
+    import tagseg.label_free as label_free
+
+    dataset, folder, net = stage_case(make_voc, tmp_path)
+    reads = []
+    read_image = label_free.read_image
+    monkeypatch.setattr(label_free, "read_image", lambda path: reads.append(path) or read_image(path))
+    label_free.masking_of(folder, dataset, net)
+    assert len(reads) == len(set(reads)) == len(dataset)  # two passes (classes seen, masks), one read each
+
 
 def test_masking_judges_images_at_the_normalised_size(make_voc, tmp_path):
     """On a dataset of image_size 2 x 320 px the classifier must see images (and masks) at half size, the

@@ -269,12 +269,12 @@ def masking_of(folder: Path, dataset, net, device: str = "cpu", count: int = SAM
     masks: the criterion is then all zeros, and the masks are never scored (most of the cost)."""
     ids = sample_ids(dataset.ids, count)
     samples = [(item_id, *load_score_map(Path(folder) / f"{item_id}.npz")) for item_id in ids]
-    samples = [(item_id, scores, classes) for item_id, scores, classes in samples if len(classes)]
+    samples = [(read_image(dataset.record(item_id).image_path)[0], scores, classes)
+               for item_id, scores, classes in samples if len(classes)]  # each photo read once for both passes
     total = np.zeros(len(GRID))
 
     def ask(thresholds, what: str):
-        for item_id, scores, classes in track(samples, len(samples), f"label-free masking: {what}"):
-            image = read_image(dataset.record(item_id).image_path)[0]
+        for image, scores, classes in track(samples, len(samples), f"label-free masking: {what}"):
             yield image_masking_logits(image, scores, classes - 1, net, scale, device, thresholds)
 
     seen = sum(int(np.count_nonzero(l["full"] > l["blank"])) for l in ask((), "classes seen"))
@@ -283,6 +283,17 @@ def masking_of(folder: Path, dataset, net, device: str = "cpu", count: int = SAM
         for logits in ask(GRID, f"masks ({len(samples)} images)"):
             total += masking_criterion(**logits)
     return total / max(len(ids), 1), seen, pairs
+
+
+def masking_fallback(seen: int, pairs: int, criterion: np.ndarray) -> str | None:
+    """Why the masking criterion cannot choose (the stage then takes Otsu's), or None when it can:
+    the classifier sees under :data:`MIN_SEEN` of the ``pairs`` (image, tagged class) it was asked
+    about, or no threshold's masks beat random ones of their area (criterion never above 0)."""
+    if seen < MIN_SEEN * pairs:
+        return "the classifier sees too few of the tagged classes"
+    if np.max(criterion) <= 0:
+        return "no mask beat a random one for the classifier"
+    return None
 
 
 def stage_threshold(folder: Path, dataset, method: str, net=None, device: str = "cpu", workers: int = 1,
@@ -300,8 +311,7 @@ def stage_threshold(folder: Path, dataset, method: str, net=None, device: str = 
         criterion, seen, pairs = masking_of(folder, dataset, net, device, scale=scale)
         found = {"images": len(sample_ids(dataset.ids)), "classes_seen": seen, "classes_asked": pairs,
                  "criterion": {str(t): round(float(v), 5) for t, v in zip(GRID, criterion)}}
-        why = ("the classifier sees too few of the tagged classes" if seen < MIN_SEEN * pairs
-               else "no mask beat a random one for the classifier" if criterion.max() <= 0 else None)
+        why = masking_fallback(seen, pairs, criterion)
         if why:
             log.warning("%s: %s (%d of %d seen) to choose a masking threshold; using Otsu's", folder, why, seen,
                         pairs)

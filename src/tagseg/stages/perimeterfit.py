@@ -170,8 +170,12 @@ def from_cams(cam_manifest: dict, cam_dir: Path, dataset: Dataset, combination: 
     cams = (cam_manifest.get("label_free") or {}).get("threshold")
     if cams is None:
         cams = otsu_of(cam_dir, dataset.ids, workers)
-    factor = 0.5 if combination == "silop" else 1.0
-    return {"method": "from_cams", "threshold": round(float(cams) * factor, 3), "cams_threshold": cams}
+    return {"method": "from_cams", "threshold": combined_threshold(cams, combination), "cams_threshold": cams}
+
+
+def combined_threshold(cams_threshold: float, combination: Combination) -> float:
+    """A CAM threshold mapped through the combination, for pixels the fit did not keep (:func:`from_cams`)."""
+    return round(float(cams_threshold) * (0.5 if combination == "silop" else 1.0), 3)
 
 
 def _choose_thresholds(dataset: Dataset, cam_dir: Path, perimeter_dirs: dict[str, Path], config: PerimeterFitConfig,
