@@ -122,6 +122,7 @@ def main() -> None:
         args.scale = input_scales([1.0], finished_stage(args.run, "make_cam", "the label-free benchmark")["config"].get(
             "image_size", REFERENCE_SIZE))[0]
     rows, chosen = [], {}  # chosen: stage -> the threshold each CAM rule leads to there
+    combination = (read_manifest(args.run / "perimeterfit") or {}).get("config", {}).get("combination", "silop")
     for stage in args.stages:
         manifest = finished_stage(args.run, stage, "the label-free benchmark")
         curve = manifest["curve"]
@@ -138,8 +139,7 @@ def main() -> None:
             chosen[stage] = {rule: t for rule, t in own.items() if rule in CHAIN_RULES}
         cams = chosen.get("make_cam") or {"expected_iou": expected_iou_of(args.run / "make_cam", dataset.ids,
                                                                           dataset.num_classes)[0]}
-        # the defaults' chains: a CAM rule -> PerimeterFit from_cams (halved) -> walk from_source (matched area)
-        combination = (read_manifest(args.run / "perimeterfit") or {}).get("config", {}).get("combination", "silop")
+        # the defaults' chains: a CAM rule -> PerimeterFit from_cams (combined_threshold) -> walk from_source
         if stage == "perimeterfit":
             chosen[stage] = {rule: combined_threshold(t, combination) for rule, t in cams.items()}
             derived = {f"from_cams({rule})": t for rule, t in chosen[stage].items()}
