@@ -214,6 +214,25 @@ def test_masking_judges_images_at_the_normalised_size(make_voc, tmp_path):
     np.testing.assert_allclose(same["erased"], masking_logits(seeing.class_scores, x, threshold_labels(scores, GRID),
                                                               [0, 1])["erased"])
 
+
+def test_masking_keeps_its_sample_at_the_classifier_size(make_voc, tmp_path, monkeypatch):
+    """The sampled photos and score maps are held (both passes) at the classifier's size, not the photo's:
+    32 photos of 4000 px would otherwise hold gigabytes."""
+    from types import SimpleNamespace
+
+    import tagseg.label_free as label_free
+
+    dataset, folder, net = stage_case(make_voc, tmp_path)
+    held = []
+    track = label_free.track
+    monkeypatch.setattr(label_free, "track", lambda items, total, what: held.append(list(items)) or track(held[-1],
+                                                                                                       total, what))
+    brightness = SimpleNamespace(backbone=net.backbone, class_scores=lambda b: b.mean((1, 2, 3))[:, None].repeat(1, 2))
+    label_free.masking_of(folder, dataset, brightness, scale=0.5)
+    assert held and {image.shape for image, _, _ in held[0]} == {(12, 16, 3)}  # the 24 x 32 photos, halved
+    assert {scores.shape[1:] for _, scores, _ in held[0]} == {(12, 16)}
+
+
 def test_expected_miou_by_hand():
     from tagseg.label_free import FINE_GRID, class_histograms, expected_miou
 

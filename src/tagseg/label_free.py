@@ -246,16 +246,22 @@ def expected_iou_of(folder: Path, ids: list[str], num_classes: int, workers: int
     return choose(FINE_GRID, criterion), criterion
 
 
+def rescaled(image: np.ndarray, scores: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB ``image`` and its (K, H, W) ``scores`` resized by ``scale``: the classifier judges masks at
+    the pixel sizes it was trained and run at (``REFERENCE_SIZE / image_size``, see :mod:`tagseg.sizing`)."""
+    height, width = max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale))
+    if (height, width) == image.shape[:2]:
+        return image, scores
+    return (resize(image, height, width),
+            np.stack([resize(s, height, width) for s in scores]) if len(scores) else scores[:, :height, :width])
+
+
 def image_masking_logits(image: np.ndarray, scores: np.ndarray, classes, net, scale: float = 1.0,
                          device: str = "cpu", thresholds=GRID) -> dict[str, np.ndarray]:
     """:func:`masking_logits` of one RGB uint8 ``image`` and its (K, H, W) ``scores`` for the tagged
-    ``classes`` (0-based) at ``thresholds`` (none: ``full`` and ``blank`` only), both rescaled by
-    ``scale`` first: the classifier judges the masks at the pixel sizes it was trained and run at
-    (``REFERENCE_SIZE / image_size``, see :mod:`tagseg.sizing`)."""
-    height, width = max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale))
-    if (height, width) != image.shape[:2]:
-        image = resize(image, height, width)
-        scores = np.stack([resize(s, height, width) for s in scores]) if len(scores) else scores[:, :height, :width]
+    ``classes`` (0-based) at ``thresholds`` (none: ``full`` and ``blank`` only), both :func:`rescaled`
+    by ``scale`` first."""
+    image, scores = rescaled(image, scores, scale)
     x = torch.from_numpy(normalize(image, net.backbone.mean, net.backbone.std)).to(device)
     return masking_logits(net.class_scores, x, threshold_labels(scores, thresholds), classes)
 
@@ -269,13 +275,14 @@ def masking_of(folder: Path, dataset, net, device: str = "cpu", count: int = SAM
     masks: the criterion is then all zeros, and the masks are never scored (most of the cost)."""
     ids = sample_ids(dataset.ids, count)
     samples = [(item_id, *load_score_map(Path(folder) / f"{item_id}.npz")) for item_id in ids]
-    samples = [(read_image(dataset.record(item_id).image_path)[0], scores, classes)
-               for item_id, scores, classes in samples if len(classes)]  # each photo read once for both passes
+    # each photo read once for both passes and kept at the classifier's size, not the photo's
+    samples = [(*rescaled(read_image(dataset.record(item_id).image_path)[0], scores, scale), classes)
+               for item_id, scores, classes in samples if len(classes)]
     total = np.zeros(len(GRID))
 
     def ask(thresholds, what: str):
         for image, scores, classes in track(samples, len(samples), f"label-free masking: {what}"):
-            yield image_masking_logits(image, scores, classes - 1, net, scale, device, thresholds)
+            yield image_masking_logits(image, scores, classes - 1, net, 1.0, device, thresholds)
 
     seen = sum(int(np.count_nonzero(l["full"] > l["blank"])) for l in ask((), "classes seen"))
     pairs = sum(len(classes) for _, _, classes in samples)
