@@ -5,13 +5,17 @@
     .venv/bin/python benchmarks/pipeline_msrc.py --recipes silop --seed 1 --out benchmarks/results/x.json
     .venv/bin/python benchmarks/pipeline_msrc.py --recipes cam_rw --until pseudo_labels   # no DeepLab
     .venv/bin/python benchmarks/pipeline_msrc.py --recipes silop --long-side 640 --until pseudo_labels
+    .venv/bin/python benchmarks/pipeline_msrc.py --dataset runs/synth --runs runs/bench_pipeline_synth \
+        --out benchmarks/results/pipeline_synth.json             # another dataset (here `tagseg data synth`)
 
 Each recipe runs with `tagseg run` semantics (resumable, into the recipe's run directory,
 which --runs can move). --long-side N runs on msrc-voc rescaled to that long side (built under
---runs by benchmarks/size_invariance_msrc.py's rule; the run is named ``<recipe>_<N>px``).
+--runs by benchmarks/size_invariance_msrc.py's rule; the run is named ``<recipe>_<N>px``). --dataset runs
+every recipe on another dataset in VOC layout instead (its rows name it); give it its own --runs and --out.
 --seed N sets the seed of every stage of the recipe that has one and names the run
-``<recipe>_seed<N>``. --until STAGE stops after that stage. Writes benchmarks/results/pipeline_msrc.json and two
-Markdown tables: the end-to-end figures, and per score stage (CAM, PerimeterFit, walk) the
+``<recipe>_seed<N>``. puzzle_smoothing and seam_smoothing start from the classifier and pseudo-labels
+of the run of the recipe they follow (``FOLLOWS``) under the same --runs, which must have run first.
+--until STAGE stops after that stage. Writes benchmarks/results/pipeline_msrc.json and two Markdown tables: the end-to-end figures, and per score stage (CAM, PerimeterFit, walk) the
 mIoU at the oracle threshold beside the label-free threshold the recipe uses.
 """
 
@@ -30,6 +34,8 @@ from tagseg.runtime import setup_logging
 
 
 SCORE_STAGES = ("make_cam", "perimeterfit", "random_walk")
+# recipes that start from another recipe's run (its classifier and pseudo-labels): run that one first
+FOLLOWS = {"puzzle_smoothing": "puzzle_affinitynet", "seam_smoothing": "seam"}
 SEEDS = {"train_cam": "seed", "perimeterfit": "perimeter.seed", "train_affinity": "seed", "train_seg": "seed"}
 
 
@@ -49,12 +55,18 @@ def score_stage_row(manifest: dict) -> dict:
 
 
 def run_one(name: str, runs: Path, extra: list[str], seed: int | None = None, until: str | None = None,
-            long_side: int | None = None) -> dict:
+            long_side: int | None = None, dataset: Path = MSRC) -> dict:
     recipe_file = ROOT / "recipes" / f"{name}.yaml"
     if seed is not None:
         extra = [*seed_overrides(recipe_file, seed), *extra]
-    data = MSRC if long_side is None else rescaled_copy(MSRC, runs / f"msrc_{long_side}", long_side)
-    run = runs / (name + ("" if long_side is None else f"_{long_side}px") + ("" if seed is None else f"_seed{seed}"))
+    data = dataset if long_side is None else rescaled_copy(
+        dataset, runs / f"{'msrc' if dataset == MSRC else dataset.name}_{long_side}", long_side)
+    suffix = ("" if long_side is None else f"_{long_side}px") + ("" if seed is None else f"_seed{seed}")
+    run = runs / (name + suffix)
+    if name in FOLLOWS:
+        first = runs / (FOLLOWS[name] + suffix)
+        extra = [f"stages.train_cam.init={first / 'train_cam' / 'model.pt'}",
+                 f"stages.train_cam.smoothing.boundaries={first / 'pseudo_labels'}", *extra]
     recipe, configs = load_recipe(recipe_file,
                                   [f"run={run}", f"upper_bound_run={runs / 'fully_supervised'}",
                                    f"dataset={data}", *extra])
@@ -67,7 +79,8 @@ def run_one(name: str, runs: Path, extra: list[str], seed: int | None = None, un
     final = read_manifest(run / f"segment_{recipe.eval_split}") or {}
     scores = {stage: score_stage_row(read_manifest(run / stage) or {}) for stage in SCORE_STAGES
               if stage in recipe.stages}
-    return {"recipe": name, "seed": seed, "long_side": long_side, "run": str(run), "overrides": extra,
+    return {"recipe": name, "dataset": None if dataset == MSRC else dataset.name, "seed": seed,
+            "long_side": long_side, "run": str(run), "overrides": extra,
             "score_stages": scores,
             "pseudo_label_threshold": pseudo.get("threshold"),
             "pseudo_label_train_miou": pct((pseudo.get("metrics") or {}).get("miou")),
@@ -77,9 +90,15 @@ def run_one(name: str, runs: Path, extra: list[str], seed: int | None = None, un
 
 
 def label(row: dict) -> str:
-    notes = [f"{row['long_side']} px"] if row.get("long_side") else []
+    notes = [row["dataset"]] if row.get("dataset") else []
+    notes += [f"{row['long_side']} px"] if row.get("long_side") else []
     notes += [] if row.get("seed") is None else [f"seed {row['seed']}"]
     return row["recipe"] + (f" ({', '.join(notes)})" if notes else "")
+
+
+def upper_bound(rows: list[dict]) -> float | None:
+    """DeepLab val mIoU of the fully supervised row, if one ran."""
+    return next((r["final_val_miou"] for r in rows if r["recipe"] == "fully_supervised"), None)
 
 
 def table(rows: list[dict], upper: float | None) -> str:
@@ -114,7 +133,8 @@ def main() -> None:
                         help="recipe overrides KEY=VALUE applied to every recipe but fully_supervised")
     parser.add_argument("--until", help="last stage to run (e.g. pseudo_labels: no DeepLab); recipes without it "
                                         "run whole")
-    parser.add_argument("--long-side", type=int, help="run on msrc-voc rescaled to this long side")
+    parser.add_argument("--long-side", type=int, help="run on the dataset rescaled to this long side")
+    parser.add_argument("--dataset", type=Path, default=MSRC, help="a dataset in VOC layout (default msrc-voc)")
     parser.add_argument("--seed", type=int, help="seed of every seeded stage; the run is <recipe>_seed<N>")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline_msrc.json")
     args = parser.parse_args()
@@ -123,14 +143,15 @@ def main() -> None:
     rows = {label(r): r for r in previous["rows"]}
     for name in args.recipes:
         row = run_one(name, args.runs, [] if name == "fully_supervised" else args.overrides, args.seed, args.until,
-                      args.long_side)
+                      args.long_side, args.dataset.resolve())
         rows[label(row)] = row
         print(f"{label(row)}: {row['final_val_miou']}", file=sys.stderr)
-        upper = rows.get("fully_supervised", {}).get("final_val_miou")
         ordered = list(rows.values())
-        write_result(args.out, {"benchmark": "pipeline_msrc", "upper_bound_val_miou": upper, "rows": ordered},
+        upper = upper_bound(ordered)
+        write_result(args.out, {"benchmark": "pipeline_msrc", "dataset": str(args.dataset),
+                                "upper_bound_val_miou": upper, "rows": ordered},
                      table(ordered, upper))
-    print(table(list(rows.values()), rows.get("fully_supervised", {}).get("final_val_miou")))
+    print(table(list(rows.values()), upper_bound(list(rows.values()))))
 
 
 if __name__ == "__main__":
