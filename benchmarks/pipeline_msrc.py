@@ -15,7 +15,8 @@ every recipe on another dataset in VOC layout instead (its rows name it); give i
 --seed N sets the seed of every stage of the recipe that has one and names the run
 ``<recipe>_seed<N>``. puzzle_smoothing and seam_smoothing start from the classifier and pseudo-labels
 of the run of the recipe they follow (``FOLLOWS``) under the same --runs, which must have run first.
---until STAGE stops after that stage. Writes benchmarks/results/pipeline_msrc.json and two Markdown tables: the end-to-end figures, and per score stage (CAM, PerimeterFit, walk) the
+--until STAGE stops after that stage. A row is named by its recipe, dataset, long side, seed and --set
+overrides; running a named row again replaces it in --out. Writes benchmarks/results/pipeline_msrc.json and two Markdown tables: the end-to-end figures, and per score stage (CAM, PerimeterFit, walk) the
 mIoU at the oracle threshold beside the label-free threshold the recipe uses.
 """
 
@@ -57,6 +58,7 @@ def score_stage_row(manifest: dict) -> dict:
 def run_one(name: str, runs: Path, extra: list[str], seed: int | None = None, until: str | None = None,
             long_side: int | None = None, dataset: Path = MSRC) -> dict:
     recipe_file = ROOT / "recipes" / f"{name}.yaml"
+    given = list(extra)
     if seed is not None:
         extra = [*seed_overrides(recipe_file, seed), *extra]
     data = dataset if long_side is None else rescaled_copy(
@@ -80,7 +82,7 @@ def run_one(name: str, runs: Path, extra: list[str], seed: int | None = None, un
     scores = {stage: score_stage_row(read_manifest(run / stage) or {}) for stage in SCORE_STAGES
               if stage in recipe.stages}
     return {"recipe": name, "dataset": None if dataset == MSRC else dataset.name, "seed": seed,
-            "long_side": long_side, "run": str(run), "overrides": extra,
+            "long_side": long_side, "run": str(run), "set": given, "overrides": extra,
             "score_stages": scores,
             "pseudo_label_threshold": pseudo.get("threshold"),
             "pseudo_label_train_miou": pct((pseudo.get("metrics") or {}).get("miou")),
@@ -93,6 +95,7 @@ def label(row: dict) -> str:
     notes = [row["dataset"]] if row.get("dataset") else []
     notes += [f"{row['long_side']} px"] if row.get("long_side") else []
     notes += [] if row.get("seed") is None else [f"seed {row['seed']}"]
+    notes += row.get("set") or []  # rows of other settings are other rows
     return row["recipe"] + (f" ({', '.join(notes)})" if notes else "")
 
 
