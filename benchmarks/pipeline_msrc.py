@@ -16,8 +16,9 @@ every recipe on another dataset in VOC layout instead (its rows name it); give i
 ``<recipe>_seed<N>``. puzzle_smoothing and seam_smoothing start from the classifier and pseudo-labels
 of the run of the recipe they follow (``FOLLOWS``) under the same --runs, which must have run first.
 --until STAGE stops after that stage. A row is named by its recipe, dataset, long side, seed and --set
-overrides; running a named row again replaces it in --out. Writes benchmarks/results/pipeline_msrc.json and two Markdown tables: the end-to-end figures, and per score stage (CAM, PerimeterFit, walk) the
-mIoU at the oracle threshold beside the label-free threshold the recipe uses.
+overrides; running a named row again replaces it in --out. Writes benchmarks/results/pipeline_msrc.json
+and two Markdown tables: the end-to-end figures, and per score stage (CAM, PerimeterFit, walk) the mIoU
+at the oracle threshold beside the label-free threshold the recipe uses.
 """
 
 from __future__ import annotations
