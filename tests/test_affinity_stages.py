@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from tagseg.artifacts import load_score_map
+from tagseg.artifacts import load_score_map, save_score_map
 from tagseg.config import load_config
 from tagseg.data.dataset import open_dataset
 from tagseg.data.imageio import read_mask
 from tagseg.data.make_synthetic import write_synthetic_dataset
 from tagseg.errors import ConfigError, StageError
 from tagseg.refine.random_walk import neighbor_offsets, path_affinities
-from tagseg.stages.affinity_labels import AffinityLabelsConfig, make_affinity_labels
+from tagseg.stages.affinity_labels import AffinityLabelsConfig, make_affinity_labels, resolve_thresholds
 from tagseg.stages.pseudo_labels import PseudoLabelConfig, make_pseudo_labels, pseudo_label, source_threshold
 from tagseg.stages.random_walk import RandomWalkConfig, propagate, random_walk_stage
 from tagseg.stages.train_affinity import AffinityTrainConfig, train_affinity
@@ -174,3 +174,31 @@ def test_cli_chain(synthetic, tmp_path):
         result = runner.invoke(app, [step[0], str(synthetic), str(tmp_path), *step[1:]])
         assert result.exit_code == 0, result.output
         assert text in result.output
+
+
+def test_background_threshold_starts_from_the_maps_floor():
+    source = {"label_free": {"threshold": 0.9}}
+    assert resolve_thresholds(None, None, source, "make_cam", "affinity_labels", 1 / 3) == pytest.approx((0.9, 0.3))
+    lifted = resolve_thresholds(None, None, source, "make_cam", "affinity_labels", 1 / 3, 0.6)
+    assert lifted == pytest.approx((0.9, 0.7))  # a third of the way from 0.6 to 0.9
+    floor_above = resolve_thresholds(0.5, None, source, "make_cam", "affinity_labels", 1 / 3, 0.8)
+    assert floor_above == (0.5, 0.5)  # a floor above fg_threshold: background up to it
+    assert resolve_thresholds(None, 0.2, source, "make_cam", "affinity_labels", 1 / 3, 0.6) == (0.9, 0.2)  # as set
+
+
+def test_lifted_maps_still_get_background_seeds(synthetic, tmp_path):
+    """Maps that an averaging step lifts to 0.7 everywhere (as SEAM's PCM does): a background threshold of
+    fg / 3 labels no pixel background; starting from the maps' floor labels the clear background."""
+    dataset = open_dataset(synthetic, "train")
+    fake_cams(dataset, tmp_path)
+    for path in (tmp_path / "make_cam").glob("*.npz"):
+        scores, classes = load_score_map(path)
+        save_score_map(path, 0.7 + 0.3 * scores, classes)
+    config = AffinityLabelsConfig(fg_threshold=0.9, crf=False)
+    manifest = make_affinity_labels(dataset, tmp_path, config)
+    assert manifest["score_floor"] == pytest.approx(0.7)
+    assert manifest["bg_threshold"] == pytest.approx(0.7 + 0.2 / 3, abs=0.006)
+    seeds = [read_mask(tmp_path / "affinity_labels" / f"{r.id}.png", dataset.num_classes) for r in dataset.records]
+    assert all((s == 0).any() for s in seeds)
+    truth = np.concatenate([read_mask(r.mask_path, dataset.num_classes).ravel() for r in dataset.records])
+    assert (truth[np.concatenate([s.ravel() for s in seeds]) == 0] == 0).mean() > 0.95

@@ -265,3 +265,15 @@ def test_matched_area_keeps_the_share_of_foreground_pixels():
     walked = best_score_histogram(np.array([[[0.1025, 0.3025, 0.7025, 0.9025]]], np.float32))
     assert matched_area(source, 0.5, walked) == 0.71  # the lowest threshold leaving 1 of 4 above it
     assert matched_area(source, 0.05, walked) == 0.01  # everything above: the lowest threshold
+
+
+def test_score_floor_is_where_the_lowest_share_of_pixels_ends():
+    from tagseg.label_free import score_floor
+
+    cam = best_score_histogram(np.array([[[0.0, 0.0, 0.4, 0.9]]], np.float32))  # background at 0
+    assert score_floor(cam) == 0.0
+    lifted = np.full((1, 10, 100), 0.7025, np.float32)  # 1000 pixels from 0.7025 up ...
+    lifted[0, 0, :50] = 0.95
+    lifted[0, 1, :5] = 0.1025  # ... and 5 stray pixels (0.5%) far below
+    assert score_floor(best_score_histogram(lifted)) == pytest.approx(0.7)
+    assert score_floor(best_score_histogram(lifted), share=0.004) == pytest.approx(0.1)

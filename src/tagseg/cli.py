@@ -441,7 +441,8 @@ def affinity_labels_command(
     """Seed labels for affinity training: confident class / background pixels, the rest ignored (255).
 
     Keys: cams (source stage: make_cam or perimeterfit), fg_threshold (default: the source's
-    label-free threshold), bg_threshold (default: fg_threshold / 3), crf (true), crf_settings.*
+    label-free threshold), bg_threshold (default: a third of the way from the source maps' floor, where
+    their lowest 1% of pixels end, to fg_threshold: fg_threshold / 3 for CAMs), crf (true), crf_settings.*
     (gaussian_sxy 3, gaussian_compat 3, bilateral_sxy 32, bilateral_srgb 5, bilateral_compat 10, iterations 10;
     widths in pixels of a 320 px photo), image_size (auto: the split's median long side).
     """
@@ -474,7 +475,8 @@ def boundary_labels_command(
     """BES boundary labels (eq. 1-3): 0 background, 1 boundary, 2 foreground, 255 ignored.
 
     Keys: cams (source stage: make_cam or perimeterfit), fg_threshold (default: the source's
-    label-free threshold), bg_threshold (default: fg_threshold x 0.07 / 0.30), crf (true),
+    label-free threshold), bg_threshold (default: 0.07 / 0.30 of the way from the source maps' floor to
+    fg_threshold, as for affinity-labels), crf (true),
     crf_settings.* (as for affinity-labels), window (8.3 px of a 320 px photo: 13 px on a 500 px one;
     never below the smallest odd width over 1 / theta_diff, 11 px at 0.10),
     theta_scale (0.35), theta_diff (0.10), between_foregrounds (false), image_size (auto).

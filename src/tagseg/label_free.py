@@ -50,6 +50,7 @@ SCORE_BINS = np.linspace(0.0, 1.0, 201)
 GRID = tuple(round(t, 2) for t in np.arange(0.05, 0.951, 0.05))  # thresholds the image-based rules try
 SAMPLE = 32  # images the classifier is asked about (evenly spaced over the split; the benchmarks' choice)
 MIN_SEEN = 0.5  # share of the asked (image, tagged class) pairs the classifier must see to judge masks
+FLOOR_SHARE = 0.01  # share of pixels at or below a score map folder's floor (a few stray pixels do not set it)
 log = logging.getLogger(__name__)
 
 
@@ -62,6 +63,15 @@ def best_score_histogram(scores: np.ndarray) -> np.ndarray:
 def otsu(histogram: np.ndarray) -> float:
     """Otsu's split of a best-score histogram (CAM scores are roughly bimodal: background near 0)."""
     return round(otsu_threshold(histogram, SCORE_BINS), 3)
+
+
+def score_floor(histogram: np.ndarray, share: float = FLOOR_SHARE) -> float:
+    """The lowest best score the maps reach: the lower edge of the :data:`SCORE_BINS` bin where the
+    cumulative ``share`` of pixels is reached. 0 for CAMs, whose background pixels score 0; higher
+    for maps that an averaging step lifts everywhere (SEAM's PCM output), where a seed threshold
+    taken as a fraction of another would fall below every pixel."""
+    cumulative = np.cumsum(histogram) / max(int(np.sum(histogram)), 1)
+    return float(SCORE_BINS[min(int(np.searchsorted(cumulative, share)), len(SCORE_BINS) - 2)])
 
 
 def threshold_labels(scores: np.ndarray, thresholds) -> np.ndarray:

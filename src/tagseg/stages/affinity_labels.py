@@ -21,6 +21,7 @@ from tagseg.data.dataset import Dataset, Record
 from tagseg.data.imageio import IGNORE_INDEX, read_image, read_mask, write_mask
 from tagseg.data.imageio import image_size as image_dimensions
 from tagseg.errors import StageError
+from tagseg.label_free import histogram_of, score_floor
 from tagseg.progress import parallel_map
 from tagseg.refine.affinity_labels import affinity_seed_labels
 from tagseg.refine.crf import CrfParams
@@ -37,7 +38,9 @@ class AffinityLabelsConfig(BaseModel):
 
     cams: str = Field("make_cam", description="the score stage to take seeds from")
     fg_threshold: float | None = Field(None, gt=0, lt=1, description="default: the source's label-free threshold")
-    bg_threshold: float | None = Field(None, ge=0, lt=1, description="default: fg_threshold / 3")
+    bg_threshold: float | None = Field(None, ge=0, lt=1, description="default: a third of the way from the source "
+                                                                     "maps' floor to fg_threshold (fg_threshold / 3 "
+                                                                     "for maps that reach 0)")
     crf: bool = Field(True,
                       description="snap the foreground and background seed maps to colour edges with a dense CRF (IRN)")
     crf_settings: CrfConfig = Field(default_factory=CrfConfig, description="the dense CRF's kernels")
@@ -51,18 +54,28 @@ class AffinityLabelsConfig(BaseModel):
 
 
 def resolve_thresholds(fg_threshold: float | None, bg_threshold: float | None, source: dict, source_name: str,
-                       stage: str, bg_fraction: float) -> tuple[float, float]:
-    """The seed thresholds: as set, else the source's label-free threshold and ``bg_fraction`` of it."""
+                       stage: str, bg_fraction: float, floor: float | None = None) -> tuple[float, float]:
+    """The seed thresholds: as set, else the source's label-free threshold and the point ``bg_fraction``
+    of the way from the maps' ``floor`` (:func:`~tagseg.label_free.score_floor`; None: 0) up to it. With
+    a floor of 0 that is ``bg_fraction`` of it, the papers' rule; maps lifted everywhere (SEAM's PCM
+    output, floor 0.7 on msrc-voc) would otherwise get a background threshold no pixel falls under,
+    and seeds without background."""
     fg = fg_threshold
     if fg is None:
         fg = source.get("label_free", {}).get("threshold")
         if fg is None:
             raise StageError(f"{stage}: the source stage '{source_name}' has no label-free threshold "
                              "in its manifest; set fg_threshold")
-    bg = bg_threshold if bg_threshold is not None else fg * bg_fraction
+    base = min(floor or 0.0, fg)
+    bg = bg_threshold if bg_threshold is not None else base + (fg - base) * bg_fraction
     if bg > fg:
         raise StageError(f"{stage}: bg_threshold {bg} is above fg_threshold {fg}")
     return float(fg), float(bg)
+
+
+def source_floor(folder: Path, dataset: Dataset, bg_threshold: float | None, workers: int = 1) -> float | None:
+    """The source maps' floor when the background threshold is derived from it (``bg_threshold`` unset)."""
+    return None if bg_threshold is not None else score_floor(histogram_of(folder, dataset.ids, workers))
 
 
 def seed_labels(score_path: Path, record: Record, fg: float, bg: float, crf_params: CrfParams | None) -> np.ndarray:
@@ -95,14 +108,15 @@ def make_affinity_labels(dataset: Dataset, run: Path, config: AffinityLabelsConf
     run = Path(run)
     source = finished_stage(run, config.cams, STAGE)
     dataset = without_skipped_by(dataset, source, config.cams)
-    fg, bg = resolve_thresholds(config.fg_threshold, config.bg_threshold, source, config.cams, STAGE, 1 / 3)
+    floor = source_floor(run / config.cams, dataset, config.bg_threshold, workers)
+    fg, bg = resolve_thresholds(config.fg_threshold, config.bg_threshold, source, config.cams, STAGE, 1 / 3, floor)
     image_size = resolve_image_size(config.image_size, dataset)
     stage_config = {**config.model_dump(), "image_size": image_size, "source_config": source["config"],
                     **dataset.identity()}
     crf_params: CrfParams | None = config.crf_settings.params(image_size) if config.crf else None
     with stage_dir(run, STAGE, stage_config, force=force, collective=True) as stage:
         record_skipped(stage, dataset)
-        stage.record(fg_threshold=fg, bg_threshold=bg)
+        stage.record(fg_threshold=fg, bg_threshold=bg, score_floor=floor)
         todo = stage.share(stage.pending(dataset.ids, ".png"))
         jobs = [(run / config.cams / f"{i}.npz", dataset.record(i), stage.item_path(i, ".png"), fg, bg,
                  crf_params) for i in todo]

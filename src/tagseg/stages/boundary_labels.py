@@ -24,7 +24,7 @@ from tagseg.refine.crf import CrfParams
 from tagseg.rundir import finished_stage, stage_dir
 from tagseg.sizing import IMAGE_SIZE_HELP, REFERENCE_SIZE, ImageSize, odd_window, resolve_image_size
 from tagseg.skipping import record_skipped, without_skipped_by
-from tagseg.stages.affinity_labels import resolve_thresholds, seed_labels
+from tagseg.stages.affinity_labels import resolve_thresholds, seed_labels, source_floor
 
 STAGE = "boundary_labels"
 # BES's window of 13 px on ~500 px VOC photos, in pixels of a REFERENCE_SIZE photo
@@ -38,8 +38,9 @@ class BoundaryLabelsConfig(BaseModel):
     cams: str = Field("make_cam", description="the score stage to take seeds from")
     fg_threshold: float | None = Field(None, gt=0, lt=1,
                                        description="theta_fg of eq. 1; default: the source's label-free threshold")
-    bg_threshold: float | None = Field(None, ge=0, lt=1, description="theta_bg of eq. 1; default: fg_threshold "
-                                                                     "x 0.07 / 0.30 (the paper's ratio)")
+    bg_threshold: float | None = Field(None, ge=0, lt=1, description="theta_bg of eq. 1; default: 0.07 / 0.30 "
+                                                                     "(the paper's ratio) of the way from the source "
+                                                                     "maps' floor to fg_threshold")
     crf: bool = Field(True, description="snap both threshold maps of eq. 1 to colour edges with a dense CRF")
     crf_settings: CrfConfig = Field(default_factory=CrfConfig, description="the dense CRF's kernels")
     window: float = Field(WINDOW, gt=0, description="w of eq. 2, in pixels of a 320 px photo (the nearest odd "
@@ -70,8 +71,9 @@ def make_boundary_labels(dataset: Dataset, run: Path, config: BoundaryLabelsConf
     run = Path(run)
     source = finished_stage(run, config.cams, STAGE)
     dataset = without_skipped_by(dataset, source, config.cams)
+    floor = source_floor(run / config.cams, dataset, config.bg_threshold, workers)
     fg, bg = resolve_thresholds(config.fg_threshold, config.bg_threshold, source, config.cams, STAGE,
-                                bes.THETA_BG / bes.THETA_FG)
+                                bes.THETA_BG / bes.THETA_FG, floor)
     image_size = resolve_image_size(config.image_size, dataset)
     window = max(odd_window(config.window, image_size), bes.smallest_window(config.theta_diff))
     stage_config = {**config.model_dump(), "image_size": image_size, "source_config": source["config"],
@@ -79,7 +81,7 @@ def make_boundary_labels(dataset: Dataset, run: Path, config: BoundaryLabelsConf
     crf_params: CrfParams | None = config.crf_settings.params(image_size) if config.crf else None
     with stage_dir(run, STAGE, stage_config, force=force, collective=True) as stage:
         record_skipped(stage, dataset)
-        stage.record(fg_threshold=fg, bg_threshold=bg, window_pixels=window)
+        stage.record(fg_threshold=fg, bg_threshold=bg, score_floor=floor, window_pixels=window)
         todo = stage.share(stage.pending(dataset.ids, ".png"))
         jobs = [(run / config.cams / f"{i}.npz", dataset.record(i), stage.item_path(i, ".png"), fg, bg,
                  crf_params, dataset.num_classes, window, config.theta_scale, config.theta_diff,
