@@ -58,7 +58,7 @@ def resolve_thresholds(fg_threshold: float | None, bg_threshold: float | None, s
     """The seed thresholds: as set, else the source's label-free threshold and the point ``bg_fraction``
     of the way from the maps' ``floor`` (:func:`~tagseg.label_free.score_floor`; None: 0) up to it. With
     a floor of 0 that is ``bg_fraction`` of it, the papers' rule; maps lifted everywhere (SEAM's PCM
-    output, floor 0.7 on msrc-voc) would otherwise get a background threshold no pixel falls under,
+    output, floor 0.715 on msrc-voc) would otherwise get a background threshold no pixel falls under,
     and seeds without background."""
     fg = fg_threshold
     if fg is None:
