@@ -22,6 +22,11 @@ for ``silop``, which halves the scores of the pixels it does not keep), for the 
 ``cams``, has at R's threshold there). These score the same
 maps at other thresholds: in a real run PerimeterFit also fits, and the affinity labels are cut,
 at the chain's thresholds.
+
+``--sample-study 32 64 128`` (with ``--max-images`` at least the split's size, so that every image
+has its criteria) measures how much the ``masking`` CAM threshold moves with the images it is chosen
+from: random subsets of each size (``--draws``, seeded) and the stages' own evenly spaced ones, with
+the CAM's and the chained walk's mIoU gap at each choice.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import argparse
 import platform
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -54,43 +60,103 @@ NAMES = {"make_cam": "CAM", "perimeterfit": "PerimeterFit", "random_walk": "walk
 CHAIN_RULES = ("otsu", "expected_iou", "masking", "masking_logit")  # CAM rules followed downstream
 
 
-def image_criteria(record, scores: np.ndarray, net, scale: float, crf_params: CrfParams) -> dict:
+def image_criteria(record, scores: np.ndarray, net, scale: float, crf_params: CrfParams | None) -> dict:
     image = read_image(record.image_path)[0]
-    labels = threshold_labels(scores, GRID)
-    out = {"crf": crf_agreement(image, labels, len(scores) + 1, 0.7, crf_params)}
+    out = {}
+    if crf_params is not None:
+        out["crf"] = crf_agreement(image, threshold_labels(scores, GRID), len(scores) + 1, 0.7, crf_params)
     if len(scores):
         logits = image_masking_logits(image, scores, [c - 1 for c in record.labels], net, scale)
         out.update({f"masking_{k}": v for k, v in logits.items()})
     return out
 
 
+def cached(path: Path, crf: bool) -> bool:
+    """Whether an image's criteria are on disk (with the crf rule's, when asked for)."""
+    if not path.exists():
+        return False
+    with np.load(path) as data:
+        return not crf or "crf" in data.files
+
+
 def stage_criteria(run: Path, stage: str, dataset, ids: list[str], net, scale: float,
-                   crf_params: CrfParams) -> tuple[dict[str, np.ndarray], int, int]:
-    """Per-threshold totals over ``ids`` of every rule's criterion (per-image values cached on disk),
-    and how many of the (image, tagged class) pairs the classifier sees, of how many."""
+                   crf_params: CrfParams | None) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Every rule's criterion per image of ``ids`` and threshold ((N, T) arrays; per-image values cached
+    on disk), and per image how many of its tagged classes the classifier sees (full image above
+    blank), of how many (images without a tag: 0 of 0, criterion 0). No ``crf_params``: no ``crf`` rule."""
     cache = run / "label_free_bench" / stage
     cache.mkdir(parents=True, exist_ok=True)
-    totals = {name: np.zeros(len(GRID)) for name in ("masking", "masking_logit", "masking_uncorrected", "crf")}
-    seen = pairs = 0
+    criteria = {name: np.zeros((len(ids), len(GRID))) for name in ("masking", "masking_logit",
+                                                                   "masking_uncorrected", "crf")}
+    seen, pairs = np.zeros(len(ids), np.int64), np.zeros(len(ids), np.int64)
     started = time.perf_counter()
     for n, item_id in enumerate(ids):
         path = cache / f"{item_id}.npz"
-        if not path.exists():
+        if not cached(path, crf_params is not None):
             scores, _ = load_score_map(run / stage / f"{item_id}.npz")
             np.savez(path, **image_criteria(dataset.record(item_id), scores, net, scale, crf_params))
             print(f"{stage} {n + 1}/{len(ids)} {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
         with np.load(path) as data:
-            totals["crf"] += data["crf"]
+            if crf_params is not None:
+                criteria["crf"][n] = data["crf"]
             if "masking_full" in data:
                 logits = {k: data[f"masking_{k}"] for k in ("full", "blank", "erased", "kept", "area")}
-                totals["masking"] += masking_criterion(**logits)
-                totals["masking_logit"] += masking_criterion(**logits, space="logit")
+                criteria["masking"][n] = masking_criterion(**logits)
+                criteria["masking_logit"][n] = masking_criterion(**logits, space="logit")
                 # the score's fall with the mask minus its fall with the complement, without the area term
                 half = np.full_like(logits["area"], 0.5)  # 2 * area - 1 = 0
-                totals["masking_uncorrected"] += masking_criterion(**{**logits, "area": half})
-                seen += int(np.count_nonzero(logits["full"] > logits["blank"]))
-                pairs += len(logits["full"])
-    return {name: values / len(ids) for name, values in totals.items()}, seen, pairs
+                criteria["masking_uncorrected"][n] = masking_criterion(**{**logits, "area": half})
+                seen[n] = int(np.count_nonzero(logits["full"] > logits["blank"]))
+                pairs[n] = len(logits["full"])
+    if crf_params is None:
+        del criteria["crf"]
+    return criteria, seen, pairs
+
+
+def masking_choice(criterion: np.ndarray, seen: np.ndarray, pairs: np.ndarray, otsu: float) -> float:
+    """The stages' masking threshold from per-image criteria (N, T): Otsu's where they fall back."""
+    total = criterion.mean(axis=0)
+    return otsu if masking_fallback(int(seen.sum()), int(pairs.sum()), total) else choose(GRID, total)
+
+
+def sample_study(criterion: np.ndarray, seen: np.ndarray, pairs: np.ndarray, otsu: float, ids: list[str],
+                 sizes: list[int], draws: int, curve: list[dict], oracle: float, downstream=None) -> list[dict]:
+    """How far the masking threshold moves with the images it is chosen from: for each size, ``draws``
+    random subsets of ``ids`` (seeded) and the stages' own evenly spaced subset; the mIoU on the
+    whole split at each choice, and, given ``downstream`` (threshold -> (threshold, mIoU, oracle) of a
+    later stage through its chain), the later stage's."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for size in sizes:
+        size = min(size, len(ids))
+        subsets = [rng.choice(len(ids), size, replace=False) for _ in range(draws)]
+        own = [ids.index(i) for i in sample_ids(ids, size)]
+        picks = [masking_choice(criterion[s], seen[s], pairs[s], otsu) for s in subsets]
+        gaps = np.array([pct(miou_at(curve, t)) - oracle for t in picks])
+        values, counts = np.unique(picks, return_counts=True)
+        row = {"images": size, "draws": draws,
+               "thresholds": {f"{v:.2f}": int(c) for v, c in zip(values, counts)},
+               "gap_mean": round(float(gaps.mean()), 2), "gap_std": round(float(gaps.std()), 2),
+               "gap_worst": round(float(gaps.min()), 2)}
+        spaced = masking_choice(criterion[own], seen[own], pairs[own], otsu)
+        row["evenly_spaced"] = {"threshold": spaced, "gap": round(pct(miou_at(curve, spaced)) - oracle, 2)}
+        if downstream is not None:
+            later = np.array([downstream(t)[1] - downstream(t)[2] for t in picks])
+            row.update(later_gap_mean=round(float(later.mean()), 2), later_gap_std=round(float(later.std()), 2),
+                       later_gap_worst=round(float(later.min()), 2))
+            t, miou, best = downstream(spaced)
+            row["evenly_spaced"]["later_gap"] = round(miou - best, 2)
+        rows.append(row)
+    return rows
+
+
+def chained_walk(t: float, combination: str, via_perimeterfit: bool, histograms: tuple[np.ndarray, np.ndarray],
+                 curve: list[dict], oracle: float) -> tuple[float, float, float]:
+    """The walk's threshold that CAM threshold ``t`` leads to through the defaults' chain (PerimeterFit's
+    ``combined_threshold`` when the walk starts there, then ``from_source``), its mIoU and the walk's oracle."""
+    source_t = combined_threshold(t, combination) if via_perimeterfit else t
+    walk_t = matched_area(histograms[0], source_t, histograms[1])
+    return walk_t, pct(miou_at(curve, walk_t)), oracle
 
 
 def miou_at(curve: list[dict], threshold: float) -> float:
@@ -105,37 +171,45 @@ def main() -> None:
     parser.add_argument("--split", default="train")
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     parser.add_argument("--max-images", type=int, default=64, help="images the image-based rules look at")
+    parser.add_argument("--sample-study", type=int, nargs="*", default=[], metavar="N",
+                        help="also choose the masking CAM threshold from random subsets of N of those images "
+                             "(and the stages' evenly spaced N): how much the choice moves with the sample")
+    parser.add_argument("--draws", type=int, default=50, help="random subsets per --sample-study size")
     parser.add_argument("--image-stages", nargs="*", default=list(STAGES), choices=STAGES,
                         help="stages that the image-based rules (masking, crf) also run on")
     parser.add_argument("--scale", type=float, help="image scale the classifier sees when masking (default: 320 / "
                                                      "the run's image_size, as the stages)")
     parser.add_argument("--crf-bilateral-sxy", type=float, default=32.0, help="the recipe's CRF width")
+    parser.add_argument("--no-crf", action="store_true", help="leave out the crf rule (most of the per-image time)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "label_free_msrc.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     dataset = open_dataset(args.dataset, args.split)
     net, _ = load_cam_net(args.run / "train_cam" / MODEL_FILE)
-    crf_params = CrfParams(bilateral_sxy=args.crf_bilateral_sxy)
+    crf_params = None if args.no_crf else CrfParams(bilateral_sxy=args.crf_bilateral_sxy)
     ids = sample_ids(dataset.ids, args.max_images)
     if args.scale is None:
         args.scale = input_scales([1.0], finished_stage(args.run, "make_cam", "the label-free benchmark")["config"].get(
             "image_size", REFERENCE_SIZE))[0]
     rows, chosen = [], {}  # chosen: stage -> the threshold each CAM rule leads to there
+    cam_study, walk_from_cams = None, None
     combination = (read_manifest(args.run / "perimeterfit") or {}).get("config", {}).get("combination", "silop")
     for stage in args.stages:
         manifest = finished_stage(args.run, stage, "the label-free benchmark")
         curve = manifest["curve"]
         started = time.perf_counter()
-        totals, seen, pairs = (stage_criteria(args.run, stage, dataset, ids, net, args.scale, crf_params)
-                               if stage in args.image_stages else ({}, 0, 0))
+        criteria, seen, pairs = (stage_criteria(args.run, stage, dataset, ids, net, args.scale, crf_params)
+                                 if stage in args.image_stages else ({}, np.zeros(0), np.zeros(0)))
         seconds = time.perf_counter() - started
         otsu = otsu_of(args.run / stage, dataset.ids)  # not the stage's record: that is its own rule's choice
         expected, _ = expected_iou_of(args.run / stage, dataset.ids, dataset.num_classes)
-        own = {"otsu": otsu, "expected_iou": expected,
-               **{name: otsu if name.startswith("masking") and masking_fallback(seen, pairs, values) else
-                  choose(GRID, values) for name, values in totals.items()}}  # the stages' fallback
+        totals = {name: values.mean(axis=0) for name, values in criteria.items()}
+        own = {"otsu": otsu, "expected_iou": expected,  # the masking rules with the stages' fallback
+               **{name: masking_choice(values, seen, pairs, otsu) if name.startswith("masking") else
+                  choose(GRID, totals[name]) for name, values in criteria.items()}}
         if stage == "make_cam":
+            cam_study = (criteria.get("masking"), seen, pairs, otsu, curve, pct(manifest["metrics"]["miou"]))
             chosen[stage] = {rule: t for rule, t in own.items() if rule in CHAIN_RULES}
         cams = chosen.get("make_cam") or {"expected_iou": expected_iou_of(args.run / "make_cam", dataset.ids,
                                                                           dataset.num_classes)[0]}
@@ -152,6 +226,9 @@ def main() -> None:
                                                                                                   dataset.ids)
             derived = {f"from_source({rule})": matched_area(source_histogram, t, walked)
                        for rule, t in chosen[source].items()}
+            walk_from_cams = partial(chained_walk, combination=combination, via_perimeterfit=source == "perimeterfit",
+                                     histograms=(source_histogram, walked), curve=curve,
+                                     oracle=pct(manifest["metrics"]["miou"]))
         else:
             derived = {}
         rules = {**own, **derived}
@@ -169,11 +246,26 @@ def main() -> None:
                  if n in row["rules"] else "- | -" for n in names]
         table.append(f"| {NAMES[row['stage']]} | {row['oracle_threshold']:.2f} | {row['oracle_miou']:.1f} | "
                      + " | ".join(cells) + " |")
+    study = []
+    if args.sample_study and cam_study is not None and cam_study[0] is not None:
+        study = sample_study(*cam_study[:4], ids, args.sample_study, args.draws, *cam_study[4:], walk_from_cams)
+        table += ["", "| CAM masking from | draws | thresholds chosen (times) | CAM gap, mean +- std (worst) | "
+                  "walk gap, mean +- std (worst) | the stages' evenly spaced images: t, CAM gap, walk gap |",
+                  "|---|---|---|---|---|---|"]
+        for r in study:
+            chosen_t = ", ".join(f"{t} ({c})" for t, c in r["thresholds"].items())
+            walk = (f"{r['later_gap_mean']:+.1f} +- {r['later_gap_std']:.1f} ({r['later_gap_worst']:+.1f})"
+                    if "later_gap_mean" in r else "-")
+            spaced = r["evenly_spaced"]
+            table.append(f"| {r['images']} images | {r['draws']} | {chosen_t} | {r['gap_mean']:+.1f} +- "
+                         f"{r['gap_std']:.1f} ({r['gap_worst']:+.1f}) | {walk} | {spaced['threshold']:.2f}, "
+                         f"{spaced['gap']:+.1f}, " + (f"{spaced['later_gap']:+.1f}" if "later_gap" in spaced else "-")
+                         + " |")
     result = {"benchmark": "label-free background thresholds vs the oracle", "run": str(args.run),
               "dataset": str(args.dataset), "split": args.split, "images_for_rules": len(ids),
               "image_stages": args.image_stages, "grid": list(GRID), "scale": args.scale,
               "crf_bilateral_sxy": args.crf_bilateral_sxy,
-              "rows": rows, "platform": platform.platform(), "torch_threads": torch.get_num_threads()}
+              "rows": rows, "sample_study": study, "platform": platform.platform(), "torch_threads": torch.get_num_threads()}
     write_result(args.out, result, "\n".join(table))
     print("\n".join(table))
 
