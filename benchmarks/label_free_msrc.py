@@ -24,7 +24,7 @@ maps at other thresholds: in a real run PerimeterFit also fits, and the affinity
 at the chain's thresholds.
 
 ``--sample-study 32 64 128`` (with ``--max-images`` at least the split's size, so that every image
-has its criteria) measures how much the ``masking`` CAM threshold moves with the images it is chosen
+has its criteria; checked) measures how much the ``masking`` CAM threshold moves with the images it is chosen
 from: random subsets of each size (``--draws``, seeded) and the stages' own evenly spaced ones, with
 the CAM's and the chained walk's mIoU gap at each choice.
 """
@@ -141,10 +141,10 @@ def sample_study(criterion: np.ndarray, seen: np.ndarray, pairs: np.ndarray, ots
         spaced = masking_choice(criterion[own], seen[own], pairs[own], otsu)
         row["evenly_spaced"] = {"threshold": spaced, "gap": round(pct(miou_at(curve, spaced)) - oracle, 2)}
         if downstream is not None:
-            later = np.array([downstream(t)[1] - downstream(t)[2] for t in picks])
+            later = np.array([miou - best for _, miou, best in map(downstream, picks)])
             row.update(later_gap_mean=round(float(later.mean()), 2), later_gap_std=round(float(later.std()), 2),
                        later_gap_worst=round(float(later.min()), 2))
-            t, miou, best = downstream(spaced)
+            _, miou, best = downstream(spaced)
             row["evenly_spaced"]["later_gap"] = round(miou - best, 2)
         rows.append(row)
     return rows
@@ -189,6 +189,9 @@ def main() -> None:
     net, _ = load_cam_net(args.run / "train_cam" / MODEL_FILE)
     crf_params = None if args.no_crf else CrfParams(bilateral_sxy=args.crf_bilateral_sxy)
     ids = sample_ids(dataset.ids, args.max_images)
+    if args.sample_study and len(ids) < len(dataset.ids):
+        parser.error(f"--sample-study draws from every image of {args.dataset} ({args.split}: {len(dataset.ids)}); "
+                     f"--max-images {args.max_images} looks at {len(ids)}: raise it")
     if args.scale is None:
         args.scale = input_scales([1.0], finished_stage(args.run, "make_cam", "the label-free benchmark")["config"].get(
             "image_size", REFERENCE_SIZE))[0]
@@ -265,7 +268,8 @@ def main() -> None:
               "dataset": str(args.dataset), "split": args.split, "images_for_rules": len(ids),
               "image_stages": args.image_stages, "grid": list(GRID), "scale": args.scale,
               "crf_bilateral_sxy": args.crf_bilateral_sxy,
-              "rows": rows, "sample_study": study, "platform": platform.platform(), "torch_threads": torch.get_num_threads()}
+              "rows": rows, "sample_study": study, "platform": platform.platform(),
+              "torch_threads": torch.get_num_threads()}
     write_result(args.out, result, "\n".join(table))
     print("\n".join(table))
 
