@@ -43,11 +43,11 @@ import torch
 
 from common import MSRC, ROOT, pct, write_result
 from tagseg.artifacts import load_score_map
-from tagseg.data.dataset import open_dataset
+from tagseg.data.dataset import evenly_spaced, open_dataset
 from tagseg.data.imageio import read_image
 from tagseg.label_free import (
     GRID, choose, crf_agreement, expected_iou_of, histogram_of, image_masking_logits, masking_criterion,
-    masking_fallback, matched_area, otsu_of, sample_ids, threshold_labels,
+    masking_fallback, matched_area, otsu_of, threshold_labels,
 )
 from tagseg.refine.crf import CrfParams
 from tagseg.rundir import finished_stage, read_manifest
@@ -130,7 +130,7 @@ def sample_study(criterion: np.ndarray, seen: np.ndarray, pairs: np.ndarray, ots
     for size in sizes:
         size = min(size, len(ids))
         subsets = [rng.choice(len(ids), size, replace=False) for _ in range(draws)]
-        own = [ids.index(i) for i in sample_ids(ids, size)]
+        own = [ids.index(i) for i in evenly_spaced(ids, size)]
         picks = [masking_choice(criterion[s], seen[s], pairs[s], otsu) for s in subsets]
         gaps = np.array([pct(miou_at(curve, t)) - oracle for t in picks])
         values, counts = np.unique(picks, return_counts=True)
@@ -188,7 +188,7 @@ def main() -> None:
     dataset = open_dataset(args.dataset, args.split)
     net, _ = load_cam_net(args.run / "train_cam" / MODEL_FILE)
     crf_params = None if args.no_crf else CrfParams(bilateral_sxy=args.crf_bilateral_sxy)
-    ids = sample_ids(dataset.ids, args.max_images)
+    ids = evenly_spaced(dataset.ids, args.max_images)
     if args.sample_study and len(ids) < len(dataset.ids):
         parser.error(f"--sample-study draws from every image of {args.dataset} ({args.split}: {len(dataset.ids)}); "
                      f"--max-images {args.max_images} looks at {len(ids)}: raise it")

@@ -4,7 +4,7 @@ from PIL import Image
 
 from conftest import CLASSES, SHARED_MSRC, random_image, two_region_mask
 from tagseg.data.check import check_dataset
-from tagseg.data.dataset import VOC_CLASSES, DatasetError, open_dataset
+from tagseg.data.dataset import VOC_CLASSES, DatasetError, evenly_spaced, open_dataset
 from tagseg.data.imageio import write_mask
 from tagseg.errors import DataError
 
@@ -152,3 +152,11 @@ def test_content_key_survives_a_move_and_changes_with_the_tags(make_folder, tmp_
     assert open_dataset(moved).identity() == {"dataset": key, "split": None}
     (moved / "tags.csv").write_text((moved / "tags.csv").read_text().replace("x1.png,cat", "x1.png,dog"))
     assert open_dataset(moved).content_key != key
+
+
+def test_evenly_spaced_spans_first_to_last_and_keeps_short_lists():
+    items = [f"im{i}" for i in range(10)]
+    assert evenly_spaced(items, 4) == ["im0", "im3", "im6", "im9"]
+    assert evenly_spaced(items, 1) == ["im0"]
+    assert evenly_spaced(items, 10) == items and evenly_spaced(items, 25) == items
+    assert len(set(evenly_spaced(list(range(346)), 128))) == 128

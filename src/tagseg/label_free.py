@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from tagseg.artifacts import load_score_map
+from tagseg.data.dataset import evenly_spaced
 from tagseg.data.imageio import read_image
 from tagseg.data.transforms import normalize, resize
 from tagseg.metrics import otsu_threshold
@@ -206,13 +207,6 @@ def crf_agreement(image: np.ndarray, labels: np.ndarray, num_labels: int, gt_pro
 
 # --- a score stage's label-free threshold ----------------------------------------------------------------
 
-def sample_ids(ids: list[str], count: int = SAMPLE) -> list[str]:
-    """``count`` ids evenly spaced over ``ids`` (all of them when there are fewer)."""
-    if count >= len(ids):
-        return list(ids)
-    return [ids[i] for i in np.linspace(0, len(ids) - 1, count).round().astype(int)]
-
-
 def histogram_of(folder: Path, ids: list[str], workers: int = 1) -> np.ndarray:
     """:func:`best_score_histogram` summed over a folder of score maps."""
     histogram = np.zeros(len(SCORE_BINS) - 1, np.int64)
@@ -283,7 +277,7 @@ def masking_of(folder: Path, dataset, net, device: str = "cpu", count: int = SAM
     ``scale``, and how many of the (image, tagged class) pairs it asked about the classifier sees
     (full image above blank). A classifier that sees under :data:`MIN_SEEN` of them cannot judge
     masks: the criterion is then all zeros, and the masks are never scored (most of the cost)."""
-    ids = sample_ids(dataset.ids, count)
+    ids = evenly_spaced(dataset.ids, count)
     samples = [(item_id, *load_score_map(Path(folder) / f"{item_id}.npz")) for item_id in ids]
     # each photo read once for both passes and kept at the classifier's size, not the photo's
     samples = [(*rescaled(read_image(dataset.record(item_id).image_path)[0], scores, scale), classes)
@@ -326,7 +320,7 @@ def stage_threshold(folder: Path, dataset, method: str, net=None, device: str = 
                 "note": "masking needs train_cam/model.pt"}
     if method == "masking":
         criterion, seen, pairs = masking_of(folder, dataset, net, device, scale=scale)
-        found = {"images": len(sample_ids(dataset.ids)), "classes_seen": seen, "classes_asked": pairs,
+        found = {"images": len(evenly_spaced(dataset.ids, SAMPLE)), "classes_seen": seen, "classes_asked": pairs,
                  "criterion": {str(t): round(float(v), 5) for t, v in zip(GRID, criterion)}}
         why = masking_fallback(seen, pairs, criterion)
         if why:

@@ -307,6 +307,14 @@ def open_dataset(root: Path | str, split: str | None = None, *, strict: bool = T
     return dataset
 
 
+def evenly_spaced(items: list, count: int) -> list:
+    """``count`` of ``items`` spread evenly from the first to the last (all of them when there are
+    fewer): a sample that covers a dataset sorted by name without favouring its start."""
+    if count >= len(items):
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
+
+
 def batches_by_size(records: list[Record], batch_size: int) -> list[list[Record]]:
     """Records grouped into batches of at most ``batch_size`` images that all share one size
     (read from the file headers), so each batch stacks into one tensor."""

@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from tagseg.config import CrfConfig
-from tagseg.data.dataset import Dataset
+from tagseg.data.dataset import Dataset, evenly_spaced
 from tagseg.data.imageio import read_image, write_label_map
 from tagseg.data.transforms import to_batch
 from tagseg.evaluate import GroundTruth, evaluate_superpixels
@@ -117,8 +117,8 @@ def make_superpixels(dataset: Dataset, run: Path, config: SuperpixelConfig, *, d
                 finish(record, upsample_labels(grid, *image.shape[:2]), image)
         else:
             def requested() -> int:
-                request, found = baseline_request([read_image(dataset.records[i].image_path)[0]
-                                                   for i in sample_indices(dataset, config.tau_sample)],
+                request, found = baseline_request([read_image(r.image_path)[0]
+                                                   for r in evenly_spaced(dataset.records, config.tau_sample)],
                                                   config.method, config.target_count)
                 stage.record(sample_count=round(found, 2))
                 return request
@@ -143,19 +143,14 @@ def make_superpixels(dataset: Dataset, run: Path, config: SuperpixelConfig, *, d
         return stage.manifest
 
 
-def sample_indices(dataset: Dataset, count: int) -> list[int]:
-    """``count`` image indices spread evenly over the dataset."""
-    return sorted(set(np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int).tolist()))
-
-
 def choose_tau(dataset: Dataset, net, config: SuperpixelConfig, device: str) -> tuple[float, float]:
     """tau as configured, or (auto) the one giving ``target_count`` superpixels per image on an evenly spread
     sample; returns it with the mean count it gives there (None when tau was given)."""
     if config.tau != "auto":
         return float(config.tau), None
-    picks = sample_indices(dataset, config.tau_sample)
-    grids = [feature_grid(net, read_image(dataset.records[i].image_path)[0], config.features, device)
-             for i in track(picks, len(picks), "superpixels: choosing tau")]
+    picks = evenly_spaced(dataset.records, config.tau_sample)
+    grids = [feature_grid(net, read_image(record.image_path)[0], config.features, device)
+             for record in track(picks, len(picks), "superpixels: choosing tau")]
     tau, count = tau_for_count(grids, config.target_count)
     log.info("superpixels: tau %.4f gives %.1f superpixels per image (target %.1f)", tau, count, config.target_count)
     return tau, round(count, 2)
