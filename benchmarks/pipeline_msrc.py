@@ -15,7 +15,8 @@ every recipe on another dataset in VOC layout instead (its rows name it); give i
 --seed N sets the seed of every stage of the recipe that has one and names the run
 ``<recipe>_seed<N>``. puzzle_smoothing and seam_smoothing start from the classifier and pseudo-labels
 of the run of the recipe they follow (``FOLLOWS``) under the same --runs, which must have run first.
---until STAGE stops after that stage. A row is named by its recipe, dataset, long side, seed and --set
+--until STAGE stops after that stage. --table-only rewrites the tables from --out (a resumed run would
+record its finished stages' seconds as about 0). A row is named by its recipe, dataset, long side, seed and --set
 overrides; running a named row again replaces it in --out. Writes benchmarks/results/pipeline_msrc.json
 and two Markdown tables: the end-to-end figures, and per score stage (CAM, PerimeterFit, walk) the mIoU
 at the oracle threshold beside the label-free threshold the recipe uses.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -105,6 +107,39 @@ def upper_bound(rows: list[dict]) -> float | None:
     return next((r["final_val_miou"] for r in rows if r["recipe"] == "fully_supervised"), None)
 
 
+def mean_std(values: list[float]) -> str:
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def seed_summary(rows: list[dict]) -> list[str]:
+    """Rows that differ only in their seed, when there are at least two: pseudo-label and DeepLab mIoU,
+    mean ± sample std, then the per-class IoU means."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("seed") is not None:
+            groups.setdefault(label({**r, "seed": None}), []).append(r)
+    groups = {name: group for name, group in groups.items() if len(group) > 1}
+    if not groups:
+        return []
+    lines = ["", "| recipe | seeds | pseudo-labels mIoU (train), mean ± std | DeepLab mIoU (val), mean ± std |",
+             "|---|---|---|---|"]
+    for name, group in groups.items():
+        cells = [mean_std(values) if None not in values else "-" for values in
+                 ([r["pseudo_label_train_miou"] for r in group], [r["final_val_miou"] for r in group])]
+        lines.append(f"| {name} | {', '.join(str(r['seed']) for r in group)} | {' | '.join(cells)} |")
+    for name, group in groups.items():
+        for key, what in (("pseudo_label_train_class_iou", "pseudo-labels (train)"),
+                          ("final_val_class_iou", "DeepLab (val)")):
+            if not all(r.get(key) for r in group):
+                continue
+            classes = list(group[0][key])
+            lines += ["", f"{name}, per class, {what}: IoU mean ± std over seeds "
+                          f"{', '.join(str(r['seed']) for r in group)}", "",
+                      "| " + " | ".join(classes) + " |", "|" + "---|" * len(classes),
+                      "| " + " | ".join(mean_std([100 * r[key][c] for r in group]) for c in classes) + " |"]
+    return lines
+
+
 def table(rows: list[dict], upper: float | None) -> str:
     lines = ["| recipe | pseudo-labels mIoU (train) | DeepLab mIoU (val) | ratio to fully supervised | wall time |",
              "|---|---|---|---|---|"]
@@ -114,6 +149,7 @@ def table(rows: list[dict], upper: float | None) -> str:
         pseudo = "-" if r["pseudo_label_train_miou"] is None else f"{r['pseudo_label_train_miou']:.1f}"
         final = "-" if r["final_val_miou"] is None else f"{r['final_val_miou']:.1f}"
         lines.append(f"| {label(r)} | {pseudo} | {final} | {ratio} | {total / 60:.1f} min |")
+    lines += seed_summary(rows)
     lines += ["", "| recipe | score stage | oracle t | oracle mIoU | label-free rule | label-free t | "
                   "label-free mIoU | gap |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -141,10 +177,16 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=MSRC, help="a dataset in VOC layout (default msrc-voc)")
     parser.add_argument("--seed", type=int, help="seed of every seeded stage; the run is <recipe>_seed<N>")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline_msrc.json")
+    parser.add_argument("--table-only", action="store_true",
+                        help="rewrite the Markdown tables from --out's rows and run nothing")
     args = parser.parse_args()
     setup_logging()
     previous = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
     rows = {label(r): r for r in previous["rows"]}
+    if args.table_only:
+        ordered = list(rows.values())
+        write_result(args.out, previous, table(ordered, upper_bound(ordered)))
+        return
     for name in args.recipes:
         row = run_one(name, args.runs, [] if name == "fully_supervised" else args.overrides, args.seed, args.until,
                       args.long_side, args.dataset.resolve())
