@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 from pathlib import Path
 
 import torch
@@ -35,6 +36,11 @@ def link(target: Path, name: Path) -> None:
         name.unlink()
     if not name.exists():
         name.symlink_to(target.resolve())
+
+
+def mean_std(values: list[float]) -> str:
+    """``mean ± sample std`` of a metric over seeds, to one decimal."""
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def write_result(out: Path, result: dict, table: str | None = None) -> None:

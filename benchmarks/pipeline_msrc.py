@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
-from common import MSRC, ROOT, class_iou, pct, write_result
+from common import MSRC, ROOT, class_iou, mean_std, pct, write_result
 from size_invariance_msrc import rescaled_copy
 from tagseg.pipeline import load_recipe, run_recipe
 from tagseg.rundir import read_manifest
@@ -105,10 +104,6 @@ def label(row: dict) -> str:
 def upper_bound(rows: list[dict]) -> float | None:
     """DeepLab val mIoU of the fully supervised row, if one ran."""
     return next((r["final_val_miou"] for r in rows if r["recipe"] == "fully_supervised"), None)
-
-
-def mean_std(values: list[float]) -> str:
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def seed_summary(rows: list[dict]) -> list[str]:

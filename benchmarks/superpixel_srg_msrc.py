@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import common
-from common import MSRC, ROOT, class_iou, earlier_rows, machine, merge_rows, pct, write_result
+from common import MSRC, ROOT, class_iou, earlier_rows, machine, mean_std, merge_rows, pct, write_result
 from tagseg.rundir import read_manifest
 from tagseg.runtime import setup_logging
 from tagseg.threads import set_threads
@@ -102,7 +102,7 @@ def summary(rows: list[dict]) -> list[str]:
         if len(by_seed) > 1:
             values = [by_seed[k] for k in sorted(by_seed)]
             lines.append(f"| {name} | {', '.join(map(str, sorted(by_seed)))} | {' / '.join(f'{v:.1f}' for v in values)}"
-                         f" | {statistics.mean(values):.1f} ± {statistics.stdev(values):.1f} |")
+                         f" | {mean_std(values)} |")
     for method in dict.fromkeys(r["method"] for r in rows if r["kind"] == "growth"):
         grown, alone = runs.get(f"growth:{method}", {}), runs.get(f"seeds:{method}", {})
         paired = sorted(set(grown) & set(alone))
