@@ -28,6 +28,7 @@ from tagseg.progress import track
 from tagseg.rundir import finished_stage
 from tagseg.sizing import REFERENCE_SIZE, input_scales
 from tagseg.stages.train_cam import MODEL_FILE, load_cam_net
+from tagseg.threads import set_threads
 
 SHARES = (-0.08, -0.04, -0.02, 0.0, 0.02, 0.04, 0.08, 0.16)  # of the long side: < 0 erodes, > 0 dilates
 
@@ -88,11 +89,12 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, nargs="+", required=True, help="runs with train_cam and make_cam")
     parser.add_argument("--datasets", type=Path, nargs="+", required=True, help="each run's dataset, in order")
     parser.add_argument("--images", type=int, default=SAMPLE, help="training images, evenly spaced")
+    parser.add_argument("--threads", type=int, help="torch/OpenCV threads (default: every core)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "masking_truth.json")
     args = parser.parse_args()
     if len(args.runs) != len(args.datasets):
         parser.error(f"{len(args.runs)} runs but {len(args.datasets)} datasets: give one dataset per run")
-    torch.set_num_threads(2)
+    set_threads(args.threads)
     started = time.perf_counter()
     rows = [criterion_of(run, data, args.images) for run, data in zip(args.runs, args.datasets)]
     write_result(args.out, {"benchmark": "masking_truth", "machine": machine(), "shares": list(SHARES),
