@@ -12,8 +12,9 @@ reads its mIoU on the whole split from the stage's recorded threshold curve. The
 curve's best. No rule parameter is fitted to masks: the erase fill (backbone mean), the scale the
 classifier sees, the CRF settings (the recipe's) and the threshold grids are fixed in advance.
 Rules: ``otsu`` (of the stage's scores), ``expected_iou`` (all images' histograms), ``masking``
-(the stages' probability form, falling back to Otsu as the stages do when the classifier sees fewer
-than half the tagged classes or no mask beats a random one), its logit form (``masking_logit``, the
+(the stages' probability form on the 0.05 grid and then at 0.01 around its best, falling back to Otsu
+as the stages do when the classifier sees fewer than half the tagged classes or no mask beats a random
+one), ``masking_grid`` (the same on the grid alone, the stages' rule before), its logit form (``masking_logit``, the
 stages' rule before), its uncorrected form (kept - erased: no area term), ``crf`` agreement, and the
 chains the stages' defaults build from each CAM rule R but the last two: for PerimeterFit
 ``from_cams(R)`` (R's CAM threshold through the run's combination, ``combined_threshold``: halved
@@ -24,8 +25,8 @@ maps at other thresholds: in a real run PerimeterFit also fits, and the affinity
 at the chain's thresholds.
 
 ``--sample-study 32 64 128`` (with ``--max-images`` at least the split's size, so that every image
-has its criteria; checked) measures how much the ``masking`` CAM threshold moves with the images it is chosen
-from: random subsets of each size (``--draws``, seeded) and the stages' own evenly spaced ones, with
+has its criteria; checked) measures how much the ``masking`` CAM threshold (on the grid) moves with the
+images it is chosen from: random subsets of each size (``--draws``, seeded) and the stages' own evenly spaced ones, with
 the CAM's and the chained walk's mIoU gap at each choice.
 """
 
@@ -47,7 +48,7 @@ from tagseg.data.dataset import evenly_spaced, open_dataset
 from tagseg.data.imageio import read_image
 from tagseg.label_free import (
     GRID, choose, crf_agreement, expected_iou_of, histogram_of, image_masking_logits, masking_criterion,
-    masking_fallback, matched_area, otsu_of, threshold_labels,
+    masking_fallback, matched_area, otsu_of, refined_grid, threshold_labels,
 )
 from tagseg.refine.crf import CrfParams
 from tagseg.rundir import finished_stage, read_manifest
@@ -80,10 +81,12 @@ def cached(path: Path, crf: bool) -> bool:
 
 
 def stage_criteria(run: Path, stage: str, dataset, ids: list[str], net, scale: float,
-                   crf_params: CrfParams | None) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+                   crf_params: CrfParams | None) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, dict]:
     """Every rule's criterion per image of ``ids`` and threshold ((N, T) arrays; per-image values cached
-    on disk), and per image how many of its tagged classes the classifier sees (full image above
-    blank), of how many (images without a tag: 0 of 0, criterion 0). No ``crf_params``: no ``crf`` rule."""
+    on disk), per image how many of its tagged classes the classifier sees (full image above blank), of
+    how many (images without a tag: 0 of 0, criterion 0), and the thresholds of the rules not on
+    :data:`GRID`: ``masking`` is the stages' rule (the grid, then :func:`refined_grid` around its best),
+    ``masking_grid`` the grid alone. No ``crf_params``: no ``crf`` rule."""
     cache = run / "label_free_bench" / stage
     cache.mkdir(parents=True, exist_ok=True)
     criteria = {name: np.zeros((len(ids), len(GRID))) for name in ("masking", "masking_logit",
@@ -110,13 +113,37 @@ def stage_criteria(run: Path, stage: str, dataset, ids: list[str], net, scale: f
                 pairs[n] = len(logits["full"])
     if crf_params is None:
         del criteria["crf"]
-    return criteria, seen, pairs
+    grids = {}
+    coarse = criteria["masking"]
+    if not masking_fallback(int(seen.sum()), int(pairs.sum()), coarse.mean(axis=0)):
+        best = choose(GRID, coarse.mean(axis=0))
+        fine = refined_grid(best)
+        extra = np.zeros((len(ids), len(fine)))
+        for n, item_id in enumerate(ids):
+            record = dataset.record(item_id)
+            if not record.labels:
+                continue
+            path = cache / f"{item_id}.near{best:.2f}.npz"
+            if not path.exists():
+                scores, _ = load_score_map(run / stage / f"{item_id}.npz")
+                logits = image_masking_logits(read_image(record.image_path)[0], scores,
+                                              [c - 1 for c in record.labels], net, scale, "cpu", fine)
+                np.savez(path, **logits)
+            with np.load(path) as data:
+                extra[n] = masking_criterion(**{k: data[k] for k in data.files})
+        thresholds = np.array(GRID + fine)
+        order = np.argsort(thresholds, kind="stable")
+        criteria["masking_grid"] = coarse
+        criteria["masking"] = np.concatenate([coarse, extra], axis=1)[:, order]
+        grids["masking"] = tuple(float(t) for t in thresholds[order])
+    return criteria, seen, pairs, grids
 
 
-def masking_choice(criterion: np.ndarray, seen: np.ndarray, pairs: np.ndarray, otsu: float) -> float:
-    """The stages' masking threshold from per-image criteria (N, T): Otsu's where they fall back."""
+def masking_choice(criterion: np.ndarray, seen: np.ndarray, pairs: np.ndarray, otsu: float,
+                   thresholds=GRID) -> float:
+    """The masking threshold from per-image criteria (N, T) at ``thresholds``: Otsu's where they fall back."""
     total = criterion.mean(axis=0)
-    return otsu if masking_fallback(int(seen.sum()), int(pairs.sum()), total) else choose(GRID, total)
+    return otsu if masking_fallback(int(seen.sum()), int(pairs.sum()), total) else choose(thresholds, total)
 
 
 def sample_study(criterion: np.ndarray, seen: np.ndarray, pairs: np.ndarray, otsu: float, ids: list[str],
@@ -202,17 +229,20 @@ def main() -> None:
         manifest = finished_stage(args.run, stage, "the label-free benchmark")
         curve = manifest["curve"]
         started = time.perf_counter()
-        criteria, seen, pairs = (stage_criteria(args.run, stage, dataset, ids, net, args.scale, crf_params)
-                                 if stage in args.image_stages else ({}, np.zeros(0), np.zeros(0)))
+        criteria, seen, pairs, grids = (stage_criteria(args.run, stage, dataset, ids, net, args.scale, crf_params)
+                                        if stage in args.image_stages else ({}, np.zeros(0), np.zeros(0), {}))
         seconds = time.perf_counter() - started
         otsu = otsu_of(args.run / stage, dataset.ids)  # not the stage's record: that is its own rule's choice
         expected, _ = expected_iou_of(args.run / stage, dataset.ids, dataset.num_classes)
         totals = {name: values.mean(axis=0) for name, values in criteria.items()}
         own = {"otsu": otsu, "expected_iou": expected,  # the masking rules with the stages' fallback
-               **{name: masking_choice(values, seen, pairs, otsu) if name.startswith("masking") else
+               **{name: masking_choice(values, seen, pairs, otsu, grids.get(name, GRID))
+                  if name.startswith("masking") else
                   choose(GRID, totals[name]) for name, values in criteria.items()}}
         if stage == "make_cam":
-            cam_study = (criteria.get("masking"), seen, pairs, otsu, curve, pct(manifest["metrics"]["miou"]))
+            # the sample study chooses on the grid alone (a subset's refinement would need its own pass)
+            cam_study = (criteria.get("masking_grid", criteria.get("masking")), seen, pairs, otsu, curve,
+                         pct(manifest["metrics"]["miou"]))
             chosen[stage] = {rule: t for rule, t in own.items() if rule in CHAIN_RULES}
         cams = chosen.get("make_cam") or {"expected_iou": expected_iou_of(args.run / "make_cam", dataset.ids,
                                                                           dataset.num_classes)[0]}
@@ -240,6 +270,7 @@ def main() -> None:
                      "rules": {name: {"threshold": t, "miou": pct(miou_at(curve, t)),
                                       "gap": round(pct(miou_at(curve, t)) - oracle, 2)} for name, t in rules.items()},
                      "criteria": {name: [round(float(v), 5) for v in values] for name, values in totals.items()},
+                     "criteria_thresholds": {name: list(t) for name, t in grids.items()},
                      "seconds": round(seconds, 1)})
     names = list(dict.fromkeys(name for row in rows for name in row["rules"]))
     table = ["| stage | oracle t | oracle mIoU | " + " | ".join(f"{n} t | {n} mIoU (gap)" for n in names) + " |",

@@ -15,11 +15,13 @@ every recipe on another dataset in VOC layout instead (its rows name it); give i
 --seed N sets the seed of every stage of the recipe that has one and names the run
 ``<recipe>_seed<N>``. puzzle_smoothing and seam_smoothing start from the classifier and pseudo-labels
 of the run of the recipe they follow (``FOLLOWS``) under the same --runs, which must have run first.
---until STAGE stops after that stage. --table-only rewrites the tables from --out (a resumed run would
-record its finished stages' seconds as about 0). A row is named by its recipe, dataset, long side, seed and --set
-overrides; running a named row again replaces it in --out. Writes benchmarks/results/pipeline_msrc.json
-and two Markdown tables: the end-to-end figures, and per score stage (CAM, PerimeterFit, walk) the mIoU
-at the oracle threshold beside the label-free threshold the recipe uses.
+--until STAGE stops after that stage. --force recomputes the stages whose settings or inputs changed (a
+--set that differs from the run's, a new default), where a plain rerun refuses them. --table-only
+rewrites the tables from --out (a resumed run would record its finished stages' seconds as about 0).
+A row is named by its recipe, dataset, long side, seed and --set overrides; running a named row again
+replaces it in --out. Writes benchmarks/results/pipeline_msrc.json and two Markdown tables: the
+end-to-end figures, and per score stage (CAM, PerimeterFit, walk) the mIoU at the oracle threshold
+beside the label-free threshold the recipe uses.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def score_stage_row(manifest: dict) -> dict:
 
 
 def run_one(name: str, runs: Path, extra: list[str], seed: int | None = None, until: str | None = None,
-            long_side: int | None = None, dataset: Path = MSRC) -> dict:
+            long_side: int | None = None, dataset: Path = MSRC, force: bool = False) -> dict:
     recipe_file = ROOT / "recipes" / f"{name}.yaml"
     given = list(extra)
     if seed is not None:
@@ -77,7 +79,7 @@ def run_one(name: str, runs: Path, extra: list[str], seed: int | None = None, un
     if until in configs:
         names = list(configs)
         configs = {k: configs[k] for k in names[:names.index(until) + 1]}
-    record = run_recipe(recipe, configs)
+    record = run_recipe(recipe, configs, force)
     stages = {k: v.get("seconds") for k, v in record["stages"].items()}
     pseudo = read_manifest(run / "pseudo_labels") or {}
     final = read_manifest(run / f"segment_{recipe.eval_split}") or {}
@@ -174,6 +176,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline_msrc.json")
     parser.add_argument("--table-only", action="store_true",
                         help="rewrite the Markdown tables from --out's rows and run nothing")
+    parser.add_argument("--force", action="store_true",
+                        help="recompute the stages whose settings or inputs changed (tagseg run --force)")
     args = parser.parse_args()
     setup_logging()
     previous = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
@@ -184,7 +188,7 @@ def main() -> None:
         return
     for name in args.recipes:
         row = run_one(name, args.runs, [] if name == "fully_supervised" else args.overrides, args.seed, args.until,
-                      args.long_side, args.dataset.resolve())
+                      args.long_side, args.dataset.resolve(), args.force)
         rows[label(row)] = row
         print(f"{label(row)}: {row['final_val_miou']}", file=sys.stderr)
         ordered = list(rows.values())

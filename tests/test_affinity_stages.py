@@ -101,8 +101,11 @@ def test_chain_runs_end_to_end_and_resumes(synthetic, tmp_path):
         assert [h["epoch"] for h in trained["history"]] == [1, 2] and np.isfinite(trained["history"][-1]["loss"])
         walked = random_walk_stage(dataset, run, RandomWalkConfig(radius=3, logt=4))
         assert "metrics" in walked and 0 <= walked["threshold"] < 1
-        free = walked["label_free"]  # the source's foreground share at its label-free (here Otsu's) threshold
+        # the default (masking) needs the run's classifier; without one the walk keeps the source's foreground
+        # share at its label-free (here Otsu's) threshold, and says why
+        free = walked["label_free"]
         assert free["method"] == "from_source" and 0 < free["source_threshold"] < 1 and 0 < free["threshold"] < 1
+        assert "train_cam/model.pt" in free["note"]
         for record in dataset.records:
             cam, cam_classes = load_score_map(run / "make_cam" / f"{record.id}.npz")
             scores, classes = load_score_map(run / "random_walk" / f"{record.id}.npz")

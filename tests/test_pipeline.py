@@ -122,3 +122,35 @@ def test_kill_between_stages_then_resume(synthetic, tmp_path):
     moved = run_recipe(moved_model, moved_configs)
     assert moved["stages"] == record["stages"]
     assert all(p.stat().st_mtime_ns == t for p, t in files.items())
+
+
+def test_a_rescored_walk_reaches_its_pseudo_labels_and_network(synthetic, tmp_path):
+    """A new label-free rule on the walk rescores it; the stages after it are asked again (not skipped by
+    pipeline.json): pseudo-labels made at the old threshold are refused, naming it, and --force remakes them
+    and retrains the network on them, leaving the classifier and CAMs alone."""
+    from tagseg.errors import StageError
+
+    chain = ("train_cam", "make_cam", "affinity_labels", "train_affinity", "random_walk", "pseudo_labels", "train_seg")
+    stages = {name: dict(TINY_STAGES[name]) for name in chain}
+    stages["affinity_labels"]["cams"] = stages["random_walk"]["cams"] = "make_cam"
+    stages["random_walk"]["label_free"] = "from_source"
+    run = tmp_path / "run"
+    recipe_file = write_recipe(tmp_path / "r.yaml", synthetic, run, stages, eval_split=None)
+    run_recipe(*load_recipe(recipe_file))
+    kept = [run / "train_cam" / "model.pt", *sorted((run / "make_cam").glob("*.npz"))]
+    stamps = {p: p.stat().st_mtime_ns for p in kept}
+    network = run / "train_seg" / "model.pt"
+    trained = network.stat().st_mtime_ns
+    before = json.loads((run / "pseudo_labels" / "manifest.json").read_text())["threshold"]
+
+    rescored = load_recipe(recipe_file, ["stages.random_walk.label_free=expected_iou"])
+    with pytest.raises(StageError, match=r"pseudo_labels.*source_threshold.*--force"):
+        run_recipe(*rescored)
+    walk = json.loads((run / "random_walk" / "manifest.json").read_text())["label_free"]
+    assert walk["method"] == "expected_iou" and walk["threshold"] != before  # the walk itself was rescored
+
+    record = run_recipe(*rescored, force=True)
+    assert json.loads((run / "pseudo_labels" / "manifest.json").read_text())["threshold"] == walk["threshold"]
+    assert network.stat().st_mtime_ns != trained  # retrained on the new pseudo-labels
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    assert run_recipe(*rescored)["stages"] == record["stages"]  # and nothing is left to do

@@ -873,8 +873,15 @@ def run_command(
     overrides: Overrides = None,
     nproc: Annotated[int, typer.Option("--nproc", min=1, help="Processes (one per GPU, or CPU processes with gloo): "
                                                              "starts torchrun with this many.")] = 1,
+    force: Annotated[bool, typer.Option("--force", help="Recompute the stages whose settings or inputs "
+                                                        "changed since they ran (default: refuse, naming the "
+                                                        "change).")] = False,
 ) -> None:
     """Run a recipe's stages in order into one run directory; a rerun resumes where it stopped.
+
+    After a stage runs, the later ones are checked against its new output: a stage whose inputs
+    changed (e.g. a walk rescored with another label-free threshold under its pseudo-labels) is
+    refused, naming the change, unless --force recomputes it.
 
     Override any recipe key with --set, e.g. --set run=runs/x --set stages.train_cam.epochs=3
     or --set on_error=skip (leave unreadable images out instead of stopping). With --nproc N (or
@@ -889,7 +896,7 @@ def run_command(
         raise typer.Exit(_torchrun(nproc))
     if os.environ.get("RANK", "0") == "0":  # one log file, written by rank 0
         log_to_run(recipe.run)
-    record = run_recipe(recipe, configs)
+    record = run_recipe(recipe, configs, force)
     if not is_main():
         return
     manifests = {name: read_manifest(recipe.run / entry["output"]) or {} for name, entry in record["stages"].items()}

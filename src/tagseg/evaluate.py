@@ -244,14 +244,16 @@ def evaluate(prediction_dir: Path, truth: GroundTruth, workers: int = 1, thresho
 
 
 def score_stage_fields(folder: Path, dataset: Dataset, workers: int = 1, label_free: str | dict = "otsu", net=None,
-                       device: str = "cpu", scale: float = 1.0) -> dict:
+                       device: str = "cpu", scale: float = 1.0, fallback: dict | None = None) -> dict:
     """What a score stage records about its output: the label-free threshold (``label_free``: the
     method, see :mod:`tagseg.label_free`, with ``net`` the run's classifier for ``masking``, shown the
     images rescaled by ``scale``; or a record the stage chose itself, with ``method`` and
-    ``threshold``) and, when the dataset has masks, oracle metrics, curve and the metrics at the
+    ``threshold``; ``fallback``: the record used when ``masking`` cannot choose, default Otsu's) and, when the
+    dataset has masks, oracle metrics, curve and the metrics at the
     label-free threshold."""
     free = label_free if isinstance(label_free, dict) else stage_threshold(folder, dataset, label_free, net, device,
-                                                                            workers, scale)
+                                                                            workers, scale=scale,
+                                                                            fallback=fallback)
     if any(r.mask_path for r in dataset.records):
         result = evaluate_scores(folder, GroundTruth.from_dataset(dataset), workers=workers,
                                  label_free=free["threshold"])

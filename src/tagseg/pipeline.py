@@ -3,7 +3,9 @@
 A recipe names the dataset, the run directory and an ordered mapping of stage -> config.
 Every stage config is validated before anything runs (errors name ``stages.<stage>.<key>``).
 ``<run>/pipeline.json`` records each stage's recipe section, status and wall time; a rerun
-skips stages finished with the same section, and each stage resumes its own items.
+skips stages finished with the same section, unless a stage before them ran in this call (they may read
+its new output); each stage resumes its own items, and one whose settings or inputs changed is refused
+(``force``: recomputed).
 With ``on_error: skip`` unreadable images are found once, before the first stage, and left
 out of every stage (see :mod:`tagseg.skipping`).
 """
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class StageSpec:
     config: type[BaseModel]
-    run: Callable  # (recipe, train split dataset, eval split dataset, config) -> manifest
+    run: Callable  # (recipe, train split dataset, eval split dataset, config, force) -> manifest
     output: Callable[[BaseModel, "Recipe"], str]  # the stage directory it writes
 
 
@@ -53,14 +55,14 @@ def _specs() -> dict[str, StageSpec]:
     from tagseg.stages.train_seg import STAGE as TS, SegTrainConfig, train_seg
 
     def device_stage(function):
-        return lambda r, train, _, c: function(train, r.run, c, device=r.device, workers=r.workers)
+        return lambda r, train, _, c, f: function(train, r.run, c, device=r.device, workers=r.workers, force=f)
 
     def cpu_stage(function):
-        return lambda r, train, _, c: function(train, r.run, c, workers=r.workers)
+        return lambda r, train, _, c, f: function(train, r.run, c, workers=r.workers, force=f)
 
     return {
-        TC: StageSpec(CamTrainConfig, lambda r, train, held_out, c: train_cam(
-            train, r.run, c, device=r.device, workers=r.workers, eval_dataset=held_out), lambda c, r: TC),
+        TC: StageSpec(CamTrainConfig, lambda r, train, held_out, c, f: train_cam(
+            train, r.run, c, device=r.device, workers=r.workers, eval_dataset=held_out, force=f), lambda c, r: TC),
         MC: StageSpec(MakeCamConfig, device_stage(make_cams), lambda c, r: MC),
         PF: StageSpec(PerimeterFitConfig, device_stage(perimeterfit), lambda c, r: PF),
         AL: StageSpec(AffinityLabelsConfig, cpu_stage(make_affinity_labels), lambda c, r: AL),
@@ -74,8 +76,8 @@ def _specs() -> dict[str, StageSpec]:
         SP: StageSpec(SuperpixelConfig, device_stage(make_superpixels), lambda c, r: SP),
         SS: StageSpec(SuperpixelSeedsConfig, cpu_stage(make_superpixel_seeds), lambda c, r: SS),
         TS: StageSpec(SegTrainConfig, device_stage(train_seg), lambda c, r: TS),
-        SG: StageSpec(SegmentConfig, lambda r, train, held_out, c: segment_split(
-            held_out or train, r.run, c, device=r.device, workers=r.workers),
+        SG: StageSpec(SegmentConfig, lambda r, train, held_out, c, f: segment_split(
+            held_out or train, r.run, c, device=r.device, workers=r.workers, force=f),
             lambda c, r: f"{SG}_{r.eval_split or r.train_split}"),
     }
 
@@ -116,8 +118,9 @@ def load_recipe(path: Path, overrides: list[str] | None = None) -> tuple[Recipe,
     return recipe, configs
 
 
-def run_recipe(recipe: Recipe, configs: dict[str, BaseModel]) -> dict:
-    """Run (or resume) every stage; returns the pipeline record.
+def run_recipe(recipe: Recipe, configs: dict[str, BaseModel], force: bool = False) -> dict:
+    """Run (or resume) every stage; returns the pipeline record. A stage whose settings or inputs changed
+    since it ran is refused, naming the change, unless ``force`` (then recomputed).
 
     Under torchrun every process runs every stage together (the training stages train one model, each
     per-image stage gives every process a share of the images); rank 0 alone writes ``pipeline.json``."""
@@ -141,6 +144,7 @@ def run_recipe(recipe: Recipe, configs: dict[str, BaseModel]) -> dict:
              "median long side of the train split" if recipe.image_size == "auto" else "recipe")
     record.update(recipe=recipe.model_dump(mode="json"), image_size=image_size)
     specs = _specs()
+    ran = False  # a stage ran in this call: the later ones may read its new output, so they are asked too
     for name, config in configs.items():
         if "image_size" in type(config).model_fields and "image_size" not in recipe.stages[name]:
             config = config.model_copy(update={"image_size": image_size})
@@ -148,7 +152,7 @@ def run_recipe(recipe: Recipe, configs: dict[str, BaseModel]) -> dict:
         previous = record["stages"].get(name, {})
         output = specs[name].output(config, recipe)
         manifest = read_manifest(recipe.run / output)
-        if (previous.get("status") == "complete" and previous.get("config") == section and manifest
+        if (not ran and previous.get("status") == "complete" and previous.get("config") == section and manifest
                 and manifest.get("status") == "complete"):
             log.info("run: %s already finished, skipped", name)
             continue
@@ -157,7 +161,8 @@ def run_recipe(recipe: Recipe, configs: dict[str, BaseModel]) -> dict:
         if distributed.is_main():
             write_json(record_path, record)
         started = time.perf_counter()
-        specs[name].run(recipe, train, held_out, config)
+        specs[name].run(recipe, train, held_out, config, force)
+        ran = True
         distributed.barrier()
         record["stages"][name].update(status="complete", seconds=round(time.perf_counter() - started, 2))
         if distributed.is_main():

@@ -112,7 +112,7 @@ def make_affinity_labels(dataset: Dataset, run: Path, config: AffinityLabelsConf
     fg, bg = resolve_thresholds(config.fg_threshold, config.bg_threshold, source, config.cams, STAGE, 1 / 3, floor)
     image_size = resolve_image_size(config.image_size, dataset)
     stage_config = {**config.model_dump(), "image_size": image_size, "source_config": source["config"],
-                    **dataset.identity()}
+                    "thresholds": [float(fg), float(bg)], **dataset.identity()}
     crf_params: CrfParams | None = config.crf_settings.params(image_size) if config.crf else None
     with stage_dir(run, STAGE, stage_config, force=force, collective=True) as stage:
         record_skipped(stage, dataset)

@@ -77,7 +77,7 @@ def make_boundary_labels(dataset: Dataset, run: Path, config: BoundaryLabelsConf
     image_size = resolve_image_size(config.image_size, dataset)
     window = max(odd_window(config.window, image_size), bes.smallest_window(config.theta_diff))
     stage_config = {**config.model_dump(), "image_size": image_size, "source_config": source["config"],
-                    **dataset.identity()}
+                    "thresholds": [float(fg), float(bg)], **dataset.identity()}
     crf_params: CrfParams | None = config.crf_settings.params(image_size) if config.crf else None
     with stage_dir(run, STAGE, stage_config, force=force, collective=True) as stage:
         record_skipped(stage, dataset)

@@ -129,9 +129,12 @@ def perimeterfit(dataset: Dataset, run: Path, config: PerimeterFitConfig, *, dev
     dataset = without_skipped_by(dataset, cam_manifest, config.cams)
     perimeter_maps(dataset, run, config.perimeter, device=device, workers=workers, force=force)
     perimeter_dirs = {v: run / stage_name(v) for v in config.perimeter.variants}
+    has_masks = any(r.mask_path for r in dataset.records)
     stage_config = {**config.model_dump(exclude={"label_free"}), "cams_config": cam_manifest["config"],
                     **dataset.identity()}
-    has_masks = any(r.mask_path for r in dataset.records)
+    if config.thresholds is None and (config.search == "label_free" or not has_masks):
+        # the fit follows the CAM's label-free threshold: a new one refits
+        stage_config["cams_threshold"] = (cam_manifest.get("label_free") or {}).get("threshold")
     with stage_dir(run, STAGE, stage_config, force=force, collective=True) as stage:
         record_skipped(stage, dataset)
         thresholds = stage.agree("thresholds", lambda: _choose_thresholds(

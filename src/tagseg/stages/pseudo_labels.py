@@ -92,7 +92,7 @@ def make_pseudo_labels(dataset: Dataset, run: Path, config: PseudoLabelConfig, *
     threshold = source_threshold(source, config.threshold, run / config.scores)
     image_size = resolve_image_size(config.image_size, dataset)
     stage_config = {**config.model_dump(), "image_size": image_size, "source_config": source["config"],
-                    **dataset.identity()}
+                    "source_threshold": float(threshold), **dataset.identity()}
     crf_params = config.crf_settings.params(image_size) if config.crf else None
     with stage_dir(run, STAGE, stage_config, force=force, collective=True) as stage:
         record_skipped(stage, dataset)

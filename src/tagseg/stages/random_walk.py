@@ -57,8 +57,9 @@ class RandomWalkConfig(BaseModel):
         "per_class", description="divide the walked scores by each class's maximum, or by their overall maximum (IRN)")
     image_size: ImageSize = Field("auto", description=IMAGE_SIZE_HELP)
     label_free: Literal["from_source"] | LabelFreeMethod = Field(
-        "from_source", description="how the output's label-free background threshold is chosen (rescoring only): "
-                                   "from_source keeps the source's foreground area")
+        "masking", description="how the output's label-free background threshold is chosen (rescoring only): "
+                               "masking asks the run's classifier about the walked maps; from_source keeps the "
+                               "source's foreground area")
 
 
 def network_input(image_path: Path, scale: float) -> tuple[np.ndarray, tuple[int, int]]:
@@ -153,10 +154,14 @@ def random_walk_stage(dataset: Dataset, run: Path, config: RandomWalkConfig, *, 
         if computed:  # wall seconds per image of all the processes together
             stage.record(items_computed=computed,
                          seconds_per_image=round((time.perf_counter() - started) / computed, 4))
-        label_free = (from_source(source, run / config.cams, stage.path, dataset.ids, workers)
-                      if config.label_free == "from_source" else config.label_free)
+        # from_source is the fallback when masking cannot choose: Otsu of walked maps can miss by 37 points
+        # (docs/benchmarks/label-free.md)
+        matched = (from_source(source, run / config.cams, stage.path, dataset.ids, workers)
+                   if config.label_free in ("from_source", "masking") else None)
+        label_free = matched if config.label_free == "from_source" else config.label_free
         classifier = run_classifier(run, device) if label_free == "masking" else None
-        stage.record(**score_stage_fields(stage.path, dataset, workers, label_free, classifier, device, scale))
+        stage.record(**score_stage_fields(stage.path, dataset, workers, label_free, classifier, device, scale,
+                                          matched))
         return stage.manifest
 
 

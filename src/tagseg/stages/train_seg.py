@@ -199,20 +199,23 @@ def _mask_paths(dataset: Dataset, run: Path, labels: str) -> list[Path]:
 def train_seg(dataset: Dataset, run: Path, config: SegTrainConfig, *, device: str = "cpu", workers: int = 1,
               force: bool = False) -> dict:
     run = Path(run)
+    inputs = {}  # the label stages' identities: new labels retrain the network
     if config.labels != GROUND_TRUTH:
-        dataset = without_skipped_by(dataset, finished_stage(run, config.labels, STAGE), config.labels)
+        labels = finished_stage(run, config.labels, STAGE)
+        dataset = without_skipped_by(dataset, labels, config.labels)
+        inputs["labels_config"] = labels["config"]
     if len(dataset) < config.batch_size:
         raise ConfigError(f"train_seg: {len(dataset)} images are fewer than batch_size {config.batch_size}")
     mask_paths = _mask_paths(dataset, run, config.labels)
     region_paths = None
     if config.growth is not None:
-        finished_stage(run, config.growth, STAGE)
+        inputs["growth_config"] = finished_stage(run, config.growth, STAGE)["config"]
         region_paths = _mask_paths(dataset, run, config.growth)
     classifier_path = run / config.classifier / CAM_MODEL_FILE
     if config.attention_paths and not classifier_path.exists():
         raise StageError(f"{classifier_path}: attention_paths needs the run's trained classifier "
                          f"(run `tagseg train-cam` first, or set classifier to its stage)")
-    stage_config = {**config.identity(), **dataset.identity(), "classes": list(dataset.class_names)}
+    stage_config = {**config.identity(), **inputs, **dataset.identity(), "classes": list(dataset.class_names)}
     if config.attention_paths:
         stage_config["classifier_digest"] = file_digest(classifier_path)
     with stage_dir(run, STAGE, stage_config, force=force, collective=True) as stage:
