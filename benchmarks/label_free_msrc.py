@@ -12,9 +12,9 @@ reads its mIoU on the whole split from the stage's recorded threshold curve. The
 curve's best. No rule parameter is fitted to masks: the erase fill (backbone mean), the scale the
 classifier sees, the CRF settings (the recipe's) and the threshold grids are fixed in advance.
 Rules: ``otsu`` (of the stage's scores), ``expected_iou`` (all images' histograms), ``masking``
-(the stages' probability form on the 0.05 grid and then at 0.01 around its best, falling back to Otsu
-as the stages do when the classifier sees fewer than half the tagged classes or no mask beats a random
-one), ``masking_grid`` (the same on the grid alone, the stages' rule before), its logit form (``masking_logit``, the
+(the stages' probability form, falling back to Otsu as the stages do when the classifier sees fewer
+than half the tagged classes or no mask beats a random one), ``masking_refined`` (the same, then again
+at 0.01 steps between the best grid threshold's neighbours: studied, not adopted), its logit form (``masking_logit``, the
 stages' rule before), its uncorrected form (kept - erased: no area term), ``crf`` agreement, and the
 chains the stages' defaults build from each CAM rule R but the last two: for PerimeterFit
 ``from_cams(R)`` (R's CAM threshold through the run's combination, ``combined_threshold``: halved
@@ -25,8 +25,8 @@ maps at other thresholds: in a real run PerimeterFit also fits, and the affinity
 at the chain's thresholds.
 
 ``--sample-study 32 64 128`` (with ``--max-images`` at least the split's size, so that every image
-has its criteria; checked) measures how much the ``masking`` CAM threshold (on the grid) moves with the
-images it is chosen from: random subsets of each size (``--draws``, seeded) and the stages' own evenly spaced ones, with
+has its criteria; checked) measures how much the ``masking`` CAM threshold moves with the images it is
+chosen from: random subsets of each size (``--draws``, seeded) and the stages' own evenly spaced ones, with
 the CAM's and the chained walk's mIoU gap at each choice.
 """
 
@@ -48,7 +48,7 @@ from tagseg.data.dataset import evenly_spaced, open_dataset
 from tagseg.data.imageio import read_image
 from tagseg.label_free import (
     GRID, choose, crf_agreement, expected_iou_of, histogram_of, image_masking_logits, masking_criterion,
-    masking_fallback, matched_area, otsu_of, refined_grid, threshold_labels,
+    masking_fallback, matched_area, otsu_of, threshold_labels,
 )
 from tagseg.refine.crf import CrfParams
 from tagseg.rundir import finished_stage, read_manifest
@@ -59,6 +59,13 @@ from tagseg.stages.train_cam import MODEL_FILE, load_cam_net
 STAGES = ("make_cam", "perimeterfit", "random_walk")
 NAMES = {"make_cam": "CAM", "perimeterfit": "PerimeterFit", "random_walk": "walk"}
 CHAIN_RULES = ("otsu", "expected_iou", "masking", "masking_logit")  # CAM rules followed downstream
+
+
+def refined_grid(best: float, step: float = 0.01) -> tuple[float, ...]:
+    """The thresholds at ``step`` strictly between ``best``'s :data:`GRID` neighbours, less ``best``."""
+    spacing = GRID[1] - GRID[0]
+    fine = np.arange(best - spacing + step, best + spacing - step / 2, step)
+    return tuple(t for t in (round(float(v), 2) for v in fine) if 0 < t < 1 and t != round(best, 2))
 
 
 def image_criteria(record, scores: np.ndarray, net, scale: float, crf_params: CrfParams | None) -> dict:
@@ -85,8 +92,8 @@ def stage_criteria(run: Path, stage: str, dataset, ids: list[str], net, scale: f
     """Every rule's criterion per image of ``ids`` and threshold ((N, T) arrays; per-image values cached
     on disk), per image how many of its tagged classes the classifier sees (full image above blank), of
     how many (images without a tag: 0 of 0, criterion 0), and the thresholds of the rules not on
-    :data:`GRID`: ``masking`` is the stages' rule (the grid, then :func:`refined_grid` around its best),
-    ``masking_grid`` the grid alone. No ``crf_params``: no ``crf`` rule."""
+    :data:`GRID`: ``masking_refined`` (the grid, then :func:`refined_grid` around its best). No
+    ``crf_params``: no ``crf`` rule."""
     cache = run / "label_free_bench" / stage
     cache.mkdir(parents=True, exist_ok=True)
     criteria = {name: np.zeros((len(ids), len(GRID))) for name in ("masking", "masking_logit",
@@ -133,9 +140,8 @@ def stage_criteria(run: Path, stage: str, dataset, ids: list[str], net, scale: f
                 extra[n] = masking_criterion(**{k: data[k] for k in data.files})
         thresholds = np.array(GRID + fine)
         order = np.argsort(thresholds, kind="stable")
-        criteria["masking_grid"] = coarse
-        criteria["masking"] = np.concatenate([coarse, extra], axis=1)[:, order]
-        grids["masking"] = tuple(float(t) for t in thresholds[order])
+        criteria["masking_refined"] = np.concatenate([coarse, extra], axis=1)[:, order]
+        grids["masking_refined"] = tuple(float(t) for t in thresholds[order])
     return criteria, seen, pairs, grids
 
 
@@ -240,9 +246,7 @@ def main() -> None:
                   if name.startswith("masking") else
                   choose(GRID, totals[name]) for name, values in criteria.items()}}
         if stage == "make_cam":
-            # the sample study chooses on the grid alone (a subset's refinement would need its own pass)
-            cam_study = (criteria.get("masking_grid", criteria.get("masking")), seen, pairs, otsu, curve,
-                         pct(manifest["metrics"]["miou"]))
+            cam_study = (criteria.get("masking"), seen, pairs, otsu, curve, pct(manifest["metrics"]["miou"]))
             chosen[stage] = {rule: t for rule, t in own.items() if rule in CHAIN_RULES}
         cams = chosen.get("make_cam") or {"expected_iou": expected_iou_of(args.run / "make_cam", dataset.ids,
                                                                           dataset.num_classes)[0]}

@@ -99,10 +99,10 @@ def test_classes_the_classifier_does_not_see_count_zero():
     np.testing.assert_allclose(criterion, [6.0])
 
 
-def stage_case(make_voc, tmp_path, halo=(0.3, 0.45), inside_scores=(0.5, 1.0)):
+def stage_case(make_voc, tmp_path):
     """A dataset whose objects are all the rectangle [4:16, 6:20] of 24 x 32 images, score maps that put
-    it above 0.5 inside a halo of 0.3-0.45 (or the ranges given), and a classifier that sees the class in
-    proportion to how much of the rectangle is left: the masking threshold must be 0.45 (the halo's top)."""
+    it above 0.5 inside a halo of 0.3-0.45, and a classifier that sees the class in proportion to how
+    much of the rectangle is left: the masking threshold must be 0.45 (the halo's top)."""
     from types import SimpleNamespace
 
     from tagseg.artifacts import save_score_map
@@ -113,8 +113,8 @@ def stage_case(make_voc, tmp_path, halo=(0.3, 0.45), inside_scores=(0.5, 1.0)):
     rng = np.random.default_rng(1)
     for record in dataset.records:
         scores = rng.uniform(0.0, 0.1, (1, 24, 32)).astype(np.float32)
-        scores[0, 2:18, 4:22] = rng.uniform(*halo, (16, 18))
-        scores[0, 4:16, 6:20] = rng.uniform(*inside_scores, (12, 14))
+        scores[0, 2:18, 4:22] = rng.uniform(0.3, 0.45, (16, 18))
+        scores[0, 4:16, 6:20] = rng.uniform(0.5, 1.0, (12, 14))
         save_score_map(folder / f"{record.id}.npz", scores, record.labels)
     inside = torch.zeros(24, 32, dtype=torch.bool)
     inside[4:16, 6:20] = True
@@ -165,27 +165,6 @@ def test_stage_threshold_by_masking_and_its_fallbacks(make_voc, tmp_path):
                                                                          class_scores=background_evidence))
     assert wrong["method"] == "otsu" and "no mask beat" in wrong["note"]
     assert wrong["masking"]["classes_seen"] == len(dataset)
-
-
-def test_masking_refines_between_grid_points(make_voc, tmp_path):
-    """Objects scoring 0.43-1 in a halo of 0.3-0.42: on the 0.05 grid 0.40 keeps some halo and 0.45 loses
-    some object; the 0.01 steps between the grid winner's neighbours find the halo's top, 0.42."""
-    from tagseg.label_free import GRID, stage_threshold
-
-    dataset, folder, net = stage_case(make_voc, tmp_path, halo=(0.3, 0.42), inside_scores=(0.43, 1.0))
-    chosen = stage_threshold(folder, dataset, "masking", net)
-    assert chosen["method"] == "masking" and chosen["threshold"] == 0.42
-    tried = [float(t) for t in chosen["criterion"]]
-    assert tried == sorted(tried) and set(GRID) <= set(tried) and len(tried) == len(GRID) + 8
-    assert chosen["criterion"]["0.42"] > max(chosen["criterion"]["0.4"], chosen["criterion"]["0.45"])
-
-
-def test_refined_grid_stays_inside_the_unit_interval():
-    from tagseg.label_free import refined_grid
-
-    assert refined_grid(0.45) == (0.41, 0.42, 0.43, 0.44, 0.46, 0.47, 0.48, 0.49)
-    assert refined_grid(0.05) == (0.01, 0.02, 0.03, 0.04, 0.06, 0.07, 0.08, 0.09)
-    assert refined_grid(0.95) == (0.91, 0.92, 0.93, 0.94, 0.96, 0.97, 0.98, 0.99)
 
 
 def test_masking_fallback_at_its_edges():

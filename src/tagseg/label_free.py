@@ -17,10 +17,9 @@ threshold, in their modules; docs/benchmarks/label-free.md has the measurements)
   measured against a random mask of the same area, whose erasure would remove that fraction
   of the score: per class, ``kept - erased - (2 * area - 1) * (full - blank)`` in
   probabilities, zero for the empty and the full mask. The threshold with the largest sum
-  over the split's (image, tagged class) pairs wins: first on a 0.05 grid, then at 0.01 steps
-  between the winner's neighbours (SEAM's maps peak at 0.92-0.95, between grid points). A
-  classifier that sees fewer than half of the tagged classes it is asked about cannot judge masks:
-  Otsu's threshold is used instead (the walk uses its ``from_source``).
+  over the split's (image, tagged class) pairs wins. A classifier that sees fewer than half of
+  the tagged classes it is asked about cannot judge masks: Otsu's threshold is used instead (the
+  walk's ``from_source`` there).
 - ``crf`` (measured by the benchmark, not a stage method: it favours thresholds whose labels the
   CRF has little to change, not good ones): the threshold whose labels a dense CRF changes least
   (mean IoU of each image's labels and their CRF-refined labels, over the labels present in either).
@@ -51,7 +50,6 @@ Method = Literal["expected_iou", "masking", "otsu"]
 FINE_GRID = tuple(round(t, 2) for t in np.arange(0.01, 0.995, 0.01))  # thresholds the histogram rules try
 SCORE_BINS = np.linspace(0.0, 1.0, 201)
 GRID = tuple(round(t, 2) for t in np.arange(0.05, 0.951, 0.05))  # thresholds the image-based rules try
-REFINE_STEP = 0.01  # masking then tries this step between the best grid threshold's neighbours
 SAMPLE = 128  # images the classifier is asked about (evenly spaced over the split; label-free.md: 32 moved BES by 2.8)
 MIN_SEEN = 0.5  # share of the asked (image, tagged class) pairs the classifier must see to judge masks
 FLOOR_SHARE = 0.01  # share of pixels at or below a score map folder's floor (a few stray pixels do not set it)
@@ -273,49 +271,30 @@ def image_masking_logits(image: np.ndarray, scores: np.ndarray, classes, net, sc
     return masking_logits(net.class_scores, x, threshold_labels(scores, thresholds), classes)
 
 
-def refined_grid(best: float) -> tuple[float, ...]:
-    """The thresholds at :data:`REFINE_STEP` strictly between ``best``'s :data:`GRID` neighbours, less
-    ``best`` itself: where the criterion's peak lies when ``best`` won on the grid."""
-    step = GRID[1] - GRID[0]
-    fine = np.arange(best - step + REFINE_STEP, best + step - REFINE_STEP / 2, REFINE_STEP)
-    return tuple(t for t in (round(float(v), 2) for v in fine) if 0 < t < 1 and t != round(best, 2))
-
-
 def masking_of(folder: Path, dataset, net, device: str = "cpu", count: int = SAMPLE,
-               scale: float = 1.0) -> tuple[tuple[float, ...], np.ndarray, int, int]:
-    """The masking criterion of a folder of score maps (mean over the sampled images) per threshold
-    tried: :data:`GRID`, then :func:`refined_grid` around its best (sorted together), asking ``net`` (a
-    CAM classifier, ``class_scores``) about each image rescaled by ``scale``; and how many of the
-    (image, tagged class) pairs it asked about the classifier sees (full image above blank). A
-    classifier that sees under :data:`MIN_SEEN` of them cannot judge masks: the criterion is then all
-    zeros over the grid, and the masks are never scored (most of the cost)."""
+               scale: float = 1.0) -> tuple[np.ndarray, int, int]:
+    """The masking criterion of a folder of score maps per :data:`GRID` threshold (mean over the
+    sampled images), asking ``net`` (a CAM classifier, ``class_scores``) about each image rescaled by
+    ``scale``, and how many of the (image, tagged class) pairs it asked about the classifier sees
+    (full image above blank). A classifier that sees under :data:`MIN_SEEN` of them cannot judge
+    masks: the criterion is then all zeros, and the masks are never scored (most of the cost)."""
     ids = evenly_spaced(dataset.ids, count)
     samples = [(item_id, *load_score_map(Path(folder) / f"{item_id}.npz")) for item_id in ids]
-    # each photo read once for every pass and kept at the classifier's size, not the photo's
+    # each photo read once for both passes and kept at the classifier's size, not the photo's
     samples = [(*rescaled(read_image(dataset.record(item_id).image_path)[0], scores, scale), classes)
                for item_id, scores, classes in samples if len(classes)]
+    total = np.zeros(len(GRID))
 
-    def criterion(thresholds, what: str) -> np.ndarray:
-        total = np.zeros(len(thresholds))
+    def ask(thresholds, what: str):
         for image, scores, classes in track(samples, len(samples), f"label-free masking: {what}"):
-            total += masking_criterion(**image_masking_logits(image, scores, classes - 1, net, 1.0, device, thresholds))
-        return total / max(len(ids), 1)
+            yield image_masking_logits(image, scores, classes - 1, net, 1.0, device, thresholds)
 
-    asked = track(samples, len(samples), "label-free masking: classes seen")
-    seen = sum(int(np.count_nonzero(l["full"] > l["blank"]))
-               for l in (image_masking_logits(image, scores, classes - 1, net, 1.0, device, ())
-                         for image, scores, classes in asked))
+    seen = sum(int(np.count_nonzero(l["full"] > l["blank"])) for l in ask((), "classes seen"))
     pairs = sum(len(classes) for _, _, classes in samples)
-    if seen < MIN_SEEN * pairs:
-        return GRID, np.zeros(len(GRID)), seen, pairs
-    coarse = criterion(GRID, f"masks ({len(samples)} images)")
-    if np.max(coarse) <= 0:
-        return GRID, coarse, seen, pairs
-    fine = refined_grid(choose(GRID, coarse))
-    thresholds = np.array(GRID + fine)
-    values = np.concatenate([coarse, criterion(fine, f"masks near {choose(GRID, coarse):.2f}")])
-    order = np.argsort(thresholds, kind="stable")
-    return tuple(float(t) for t in thresholds[order]), values[order], seen, pairs
+    if seen >= MIN_SEEN * pairs:
+        for logits in ask(GRID, f"masks ({len(samples)} images)"):
+            total += masking_criterion(**logits)
+    return total / max(len(ids), 1), seen, pairs
 
 
 def masking_fallback(seen: int, pairs: int, criterion: np.ndarray) -> str | None:
@@ -332,7 +311,7 @@ def masking_fallback(seen: int, pairs: int, criterion: np.ndarray) -> str | None
 def stage_threshold(folder: Path, dataset, method: str, net=None, device: str = "cpu", workers: int = 1,
                     scale: float = 1.0, fallback: dict | None = None) -> dict:
     """What a score stage records as its label-free choice: ``method``, ``threshold`` and, for
-    ``masking``, the criterion over the thresholds it tried (images rescaled by ``scale`` for the classifier).
+    ``masking``, the criterion over :data:`GRID` (images rescaled by ``scale`` for the classifier).
     Without a classifier ``masking`` falls back, saying so, and so it does when the classifier sees
     fewer than :data:`MIN_SEEN` of the tagged classes it is asked about (it cannot judge masks of
     classes it does not see) or when no mask beats a random one of its area. The fallback is the
@@ -348,16 +327,16 @@ def stage_threshold(folder: Path, dataset, method: str, net=None, device: str = 
                     chosen["method"])
         return chosen
     if method == "masking":
-        thresholds, criterion, seen, pairs = masking_of(folder, dataset, net, device, scale=scale)
+        criterion, seen, pairs = masking_of(folder, dataset, net, device, scale=scale)
         found = {"images": len(evenly_spaced(dataset.ids, SAMPLE)), "classes_seen": seen, "classes_asked": pairs,
-                 "criterion": {str(t): round(float(v), 5) for t, v in zip(thresholds, criterion)}}
+                 "criterion": {str(t): round(float(v), 5) for t, v in zip(GRID, criterion)}}
         why = masking_fallback(seen, pairs, criterion)
         if why:
             chosen = fell_back(why, masking=found)
             log.warning("%s: %s (%d of %d seen) to choose a masking threshold; using %s's", folder, why, seen,
                         pairs, chosen["method"])
             return chosen
-        return {"method": method, "threshold": choose(thresholds, criterion), **found}
+        return {"method": method, "threshold": choose(GRID, criterion), **found}
     if method == "otsu":
         return {"method": method, "threshold": otsu_of(folder, dataset.ids, workers)}
     if method == "expected_iou":
