@@ -14,8 +14,8 @@ classifier sees, the CRF settings (the recipe's) and the threshold grids are fix
 Rules: ``otsu`` (of the stage's scores), ``expected_iou`` (all images' histograms), ``masking``
 (the stages' probability form, falling back to Otsu as the stages do when the classifier sees fewer
 than half the tagged classes or no mask beats a random one), ``masking_refined`` (the same, then again
-at 0.01 steps between the best grid threshold's neighbours: studied, not adopted), its logit form (``masking_logit``, the
-stages' rule before), its uncorrected form (kept - erased: no area term), ``crf`` agreement, and the
+at 0.01 steps between the best grid threshold's neighbours: studied, not adopted), its logit form
+(``masking_logit``, the stages' rule before), its uncorrected form (kept - erased: no area term), ``crf`` agreement, and the
 chains the stages' defaults build from each CAM rule R but the last two: for PerimeterFit
 ``from_cams(R)`` (R's CAM threshold through the run's combination, ``combined_threshold``: halved
 for ``silop``, which halves the scores of the pixels it does not keep), for the walk

@@ -248,9 +248,8 @@ def score_stage_fields(folder: Path, dataset: Dataset, workers: int = 1, label_f
     """What a score stage records about its output: the label-free threshold (``label_free``: the
     method, see :mod:`tagseg.label_free`, with ``net`` the run's classifier for ``masking``, shown the
     images rescaled by ``scale``; or a record the stage chose itself, with ``method`` and
-    ``threshold``; ``fallback``: the record used when ``masking`` cannot choose, default Otsu's) and, when the
-    dataset has masks, oracle metrics, curve and the metrics at the
-    label-free threshold."""
+    ``threshold``; ``fallback``: the record used when ``masking`` cannot choose, default Otsu's) and,
+    when the dataset has masks, oracle metrics, curve and the metrics at the label-free threshold."""
     free = label_free if isinstance(label_free, dict) else stage_threshold(folder, dataset, label_free, net, device,
                                                                             workers, scale=scale,
                                                                             fallback=fallback)
