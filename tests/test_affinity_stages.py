@@ -15,11 +15,14 @@ from tagseg.data.imageio import read_mask
 from tagseg.data.make_synthetic import write_synthetic_dataset
 from tagseg.errors import ConfigError, StageError
 from tagseg.refine.random_walk import neighbor_offsets, path_affinities
+from tagseg.stages import random_walk
 from tagseg.stages.affinity_labels import AffinityLabelsConfig, make_affinity_labels, resolve_thresholds
 from tagseg.stages.pseudo_labels import PseudoLabelConfig, make_pseudo_labels, pseudo_label, source_threshold
 from tagseg.stages.random_walk import RandomWalkConfig, propagate, random_walk_stage
 from tagseg.stages.train_affinity import AffinityTrainConfig, train_affinity
 from test_perimeterfit_stage import fake_cams
+
+real_from_source = random_walk.from_source
 
 TINY = dict(epochs=2, min_steps=0, batch_size=2, crop_size=64, radius=3)
 
@@ -79,7 +82,7 @@ def test_pseudo_label_threshold_choice():
         PseudoLabelConfig(threshold=1.5)
 
 
-def test_chain_runs_end_to_end_and_resumes(synthetic, tmp_path):
+def test_chain_runs_end_to_end_and_resumes(synthetic, tmp_path, monkeypatch):
     dataset = open_dataset(synthetic, "train")
     fake_cams(dataset, tmp_path)
     with pytest.raises(StageError, match="make_cam"):
@@ -116,8 +119,14 @@ def test_chain_runs_end_to_end_and_resumes(synthetic, tmp_path):
         assert len(list((run / "pseudo_labels").glob("*.png"))) == len(dataset)
 
         stamps = {p: p.stat().st_mtime_ns for p in (run / "random_walk").glob("*.npz")}
+        matched = []
+        monkeypatch.setattr(random_walk, "from_source", lambda *a: matched.append(a) or real_from_source(*a))
         again = random_walk_stage(dataset, run, RandomWalkConfig(radius=3, logt=4))
         assert again["timings"]["items_computed"] == len(dataset)
+        assert not matched and again["label_free"] == free  # the same rule and inputs: the record is kept
+        asked = random_walk_stage(dataset, run, RandomWalkConfig(radius=3, logt=4, label_free="from_source"))
+        assert len(matched) == 1 and asked["label_free_rule"]["method"] == "from_source"  # a new rule rescores
+        monkeypatch.undo()
         assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
         assert train_affinity(dataset, run, AffinityTrainConfig(kind=kind, **TINY))["history"] == trained["history"]
         masks_again = make_pseudo_labels(dataset, run, PseudoLabelConfig())

@@ -86,6 +86,11 @@ def test_train_and_make_cam_beat_all_background(synthetic_128, tmp_path, monkeyp
                         lambda *args, **kwargs: shown.append(kwargs["scale"]) or {"method": "otsu", "threshold": 0.5})
     make_cams(train, tmp_path, MakeCamConfig(scales=(1.0,), label_free="masking", image_size=640), force=True)
     assert shown == [0.5]
+    # asked again, a finished stage keeps the choice of the same rule (masking runs the classifier for minutes)
+    make_cams(train, tmp_path, MakeCamConfig(scales=(1.0,), label_free="masking", image_size=640))
+    assert shown == [0.5]
+    rescored = make_cams(train, tmp_path, MakeCamConfig(scales=(1.0,), label_free="otsu", image_size=640))
+    assert shown == [0.5, 0.5] and rescored["label_free_rule"] == {"method": "otsu"}
 
 
 def test_config_errors_name_the_key(tmp_path):

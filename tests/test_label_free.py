@@ -149,10 +149,10 @@ def test_stage_threshold_by_masking_and_its_fallbacks(make_voc, tmp_path):
     assert fallback["masking"]["classes_seen"] == 0 and "too few" in fallback["note"]
     assert batches == [2] * len(dataset)  # full and blank per image: the masks were never scored
     given = {"method": "from_source", "threshold": 0.3}  # a stage's own fallback (the walk's) replaces Otsu's
-    walked = stage_threshold(folder, dataset, "masking", blind, fallback=given)
+    walked = stage_threshold(folder, dataset, "masking", blind, fallback=lambda: given)
     assert walked["method"] == "from_source" and walked["threshold"] == 0.3 and "too few" in walked["note"]
     assert walked["masking"]["classes_seen"] == 0 and given == {"method": "from_source", "threshold": 0.3}
-    assert stage_threshold(folder, dataset, "masking", None, fallback=given)["threshold"] == 0.3
+    assert stage_threshold(folder, dataset, "masking", None, fallback=lambda: given)["threshold"] == 0.3
     # a classifier that sees the class in the background, against the object and its halo: every mask
     # (the object, the halo, some background) loses to a random one of its area
     weights = torch.ones(24, 32)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -244,11 +246,12 @@ def evaluate(prediction_dir: Path, truth: GroundTruth, workers: int = 1, thresho
 
 
 def score_stage_fields(folder: Path, dataset: Dataset, workers: int = 1, label_free: str | dict = "otsu", net=None,
-                       device: str = "cpu", scale: float = 1.0, fallback: dict | None = None) -> dict:
+                       device: str = "cpu", scale: float = 1.0,
+                       fallback: Callable[[], dict] | None = None) -> dict:
     """What a score stage records about its output: the label-free threshold (``label_free``: the
     method, see :mod:`tagseg.label_free`, with ``net`` the run's classifier for ``masking``, shown the
     images rescaled by ``scale``; or a record the stage chose itself, with ``method`` and
-    ``threshold``; ``fallback``: the record used when ``masking`` cannot choose, default Otsu's) and,
+    ``threshold``; ``fallback``: makes the record used when ``masking`` cannot choose, default Otsu's) and,
     when the dataset has masks, oracle metrics, curve and the metrics at the label-free threshold."""
     free = label_free if isinstance(label_free, dict) else stage_threshold(folder, dataset, label_free, net, device,
                                                                             workers, scale=scale,
@@ -259,3 +262,15 @@ def score_stage_fields(folder: Path, dataset: Dataset, workers: int = 1, label_f
         return {"metrics": result["metrics"], "threshold": result["threshold"], "curve": result["curve"],
                 "label_free": {**free, **result["label_free"]}}
     return {"label_free": free}
+
+
+def score_stage(stage, computed: int, rule: dict, score: Callable[[], dict]) -> None:
+    """Record ``score()`` (the fields of :func:`score_stage_fields`) in ``stage``'s manifest, with
+    ``rule``: the label-free method asked for and the values it reads besides the stage's files. A
+    stage that was complete when entered, computed nothing now and recorded the same rule keeps its
+    record: choosing by ``masking`` runs the classifier for minutes, and a rerun of a pipeline asks
+    every stage after one that ran."""
+    rule = json.loads(json.dumps(rule))  # as the manifest stores it
+    if stage.was_complete and not computed and stage.manifest.get("label_free_rule") == rule:
+        return
+    stage.record(**score(), label_free_rule=rule)

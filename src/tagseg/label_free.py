@@ -309,16 +309,16 @@ def masking_fallback(seen: int, pairs: int, criterion: np.ndarray) -> str | None
 
 
 def stage_threshold(folder: Path, dataset, method: str, net=None, device: str = "cpu", workers: int = 1,
-                    scale: float = 1.0, fallback: dict | None = None) -> dict:
+                    scale: float = 1.0, fallback: Callable[[], dict] | None = None) -> dict:
     """What a score stage records as its label-free choice: ``method``, ``threshold`` and, for
     ``masking``, the criterion over :data:`GRID` (images rescaled by ``scale`` for the classifier).
     Without a classifier ``masking`` falls back, saying so, and so it does when the classifier sees
     fewer than :data:`MIN_SEEN` of the tagged classes it is asked about (it cannot judge masks of
     classes it does not see) or when no mask beats a random one of its area. The fallback is the
-    stage's own record when it gives one (the walk's ``from_source``), else Otsu's."""
+    record the stage's ``fallback()`` makes when it gives one (the walk's ``from_source``), else Otsu's."""
     def fell_back(note: str, **extra) -> dict:
-        record = fallback if fallback is not None else {"method": "otsu",
-                                                        "threshold": otsu_of(folder, dataset.ids, workers)}
+        record = fallback() if fallback is not None else {"method": "otsu",
+                                                          "threshold": otsu_of(folder, dataset.ids, workers)}
         return {**record, "note": note, **extra}
 
     if method == "masking" and net is None:

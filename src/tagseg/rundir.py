@@ -91,6 +91,7 @@ class ArtifactDir:
         self._lock_file = None
         self._started = 0.0
         self.manifest: dict[str, Any] = {}
+        self.was_complete = False  # the directory held a finished stage of this config when entered
         self._group = None
         if collective:
             from tagseg import distributed  # imports torch: only where processes train together
@@ -134,6 +135,7 @@ class ArtifactDir:
             self._check(previous)
             self._wipe()
             previous = None
+        self.was_complete = previous is not None and previous.get("status") == "complete"
         self._sweep_temporaries()
         self.manifest = previous or {"kind": self.kind, "config": self.config, "created": _now(),
                                      "timings": {"seconds": 0.0, "items_computed": 0}}

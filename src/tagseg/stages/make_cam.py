@@ -24,7 +24,7 @@ from tagseg.config import positive_scales
 from tagseg.data.dataset import Dataset, Record, batches_by_size
 from tagseg.data.imageio import read_image
 from tagseg.data.transforms import resize, to_batch
-from tagseg.evaluate import score_stage_fields
+from tagseg.evaluate import score_stage, score_stage_fields
 from tagseg.label_free import Method as LabelFreeMethod
 from tagseg.models.cam import CamNet, upsampled_cams
 from tagseg.progress import parallel_map
@@ -118,6 +118,6 @@ def make_cams(dataset: Dataset, run: Path, config: MakeCamConfig, *, device: str
         if computed:
             stage.record(items_computed=computed,
                          images_per_second=round(computed / (time.perf_counter() - started), 3))
-        stage.record(**score_stage_fields(stage.path, dataset, workers, config.label_free, net, device,
-                                          input_scales([1.0], image_size)[0]))
+        score_stage(stage, computed, {"method": config.label_free}, lambda: score_stage_fields(
+            stage.path, dataset, workers, config.label_free, net, device, input_scales([1.0], image_size)[0]))
         return stage.manifest

@@ -24,7 +24,7 @@ from tagseg.artifacts import load_score_map, save_score_map
 from tagseg.data.dataset import Dataset
 from tagseg.data.imageio import read_mask
 from tagseg.errors import StageError
-from tagseg.evaluate import DEFAULT_THRESHOLDS, GroundTruth, score_stage_fields
+from tagseg.evaluate import DEFAULT_THRESHOLDS, GroundTruth, score_stage, score_stage_fields
 from tagseg.label_free import Method as LabelFreeMethod, otsu_of
 from tagseg.metrics import ThresholdSweep
 from tagseg.progress import parallel_map
@@ -152,14 +152,20 @@ def perimeterfit(dataset: Dataset, run: Path, config: PerimeterFitConfig, *, dev
         if computed is None:  # another process of a torchrun group: rank 0 records and scores
             return stage.manifest
         stage.record(items_computed=computed)
-        if config.label_free == "from_cams":
-            label_free = from_cams(cam_manifest, cam_dir, dataset, config.combination, workers)
-        else:
-            label_free = config.label_free
-        net = run_classifier(run, device) if label_free == "masking" else None
-        image_size = cam_manifest["config"].get("image_size") or resolve_image_size("auto", dataset)
-        stage.record(**score_stage_fields(stage.path, dataset, workers, label_free, net, device,
-                                          input_scales([1.0], image_size)[0]))
+
+        def score() -> dict:
+            if config.label_free == "from_cams":
+                label_free = from_cams(cam_manifest, cam_dir, dataset, config.combination, workers)
+            else:
+                label_free = config.label_free
+            net = run_classifier(run, device) if label_free == "masking" else None
+            image_size = cam_manifest["config"].get("image_size") or resolve_image_size("auto", dataset)
+            return score_stage_fields(stage.path, dataset, workers, label_free, net, device,
+                                      input_scales([1.0], image_size)[0])
+
+        score_stage(stage, computed, {"method": config.label_free,
+                                      "cams_threshold": (cam_manifest.get("label_free") or {}).get("threshold")},
+                    score)
         return stage.manifest
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tagseg.artifacts import save_score_map
 from tagseg.data.dataset import Dataset, Record
 from tagseg.data.imageio import image_size
-from tagseg.evaluate import score_stage_fields
+from tagseg.evaluate import score_stage, score_stage_fields
 from tagseg.progress import parallel_map
 from tagseg.rundir import stage_dir
 from tagseg.skipping import record_skipped
@@ -59,5 +59,5 @@ def run_prior(dataset: Dataset, run: Path, config: PriorConfig, *, force: bool =
         if computed is None:  # another process of a torchrun group: rank 0 records and scores
             return stage.manifest
         stage.record(items_computed=computed)
-        stage.record(**score_stage_fields(stage.path, dataset, workers))
+        score_stage(stage, computed, {"method": "otsu"}, lambda: score_stage_fields(stage.path, dataset, workers))
         return stage.manifest

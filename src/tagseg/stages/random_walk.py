@@ -29,7 +29,7 @@ from tagseg.artifacts import load_score_map, save_score_map
 from tagseg.data.dataset import Dataset
 from tagseg.data.imageio import read_image
 from tagseg.data.transforms import resize, to_batch
-from tagseg.evaluate import score_stage_fields
+from tagseg.evaluate import score_stage, score_stage_fields
 from tagseg.label_free import Method as LabelFreeMethod, histogram_of, matched_area, otsu
 from tagseg.models.affinity import AffinityModel, BoundaryModel
 from tagseg.progress import parallel_map
@@ -156,12 +156,17 @@ def random_walk_stage(dataset: Dataset, run: Path, config: RandomWalkConfig, *, 
                          seconds_per_image=round((time.perf_counter() - started) / computed, 4))
         # from_source is the fallback when masking cannot choose: Otsu of walked maps can miss by 37 points
         # (docs/benchmarks/label-free.md)
-        matched = (from_source(source, run / config.cams, stage.path, dataset.ids, workers)
-                   if config.label_free in ("from_source", "masking") else None)
-        label_free = matched if config.label_free == "from_source" else config.label_free
-        classifier = run_classifier(run, device) if label_free == "masking" else None
-        stage.record(**score_stage_fields(stage.path, dataset, workers, label_free, classifier, device, scale,
-                                          matched))
+        def matched() -> dict:
+            return from_source(source, run / config.cams, stage.path, dataset.ids, workers)
+
+        def score() -> dict:
+            label_free = matched() if config.label_free == "from_source" else config.label_free
+            classifier = run_classifier(run, device) if label_free == "masking" else None
+            return score_stage_fields(stage.path, dataset, workers, label_free, classifier, device, scale,
+                                      matched if config.label_free == "masking" else None)
+
+        score_stage(stage, computed, {"method": config.label_free,
+                                      "source_threshold": (source.get("label_free") or {}).get("threshold")}, score)
         return stage.manifest
 
 
