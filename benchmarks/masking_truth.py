@@ -17,13 +17,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from common import ROOT, machine, write_result
 from tagseg.data.dataset import evenly_spaced, open_dataset
 from tagseg.data.imageio import read_image
-from tagseg.data.transforms import normalize
-from tagseg.label_free import SAMPLE, masking_criterion, masking_logits, rescaled
+from tagseg.label_free import SAMPLE, label_masking_logits, masking_criterion, rescaled
 from tagseg.progress import track
 from tagseg.rundir import finished_stage
 from tagseg.sizing import REFERENCE_SIZE, input_scales
@@ -63,8 +61,7 @@ def criterion_of(run: Path, dataset_dir: Path, count: int) -> dict:
         masks = np.stack([truth == c for c in record.labels]).astype(np.float32)  # resized per class
         image, masks = rescaled(read_image(record.image_path)[0], masks, scale)
         labels = np.stack([moved(masks > 0.5, s) for s in SHARES])
-        x = torch.from_numpy(normalize(image, net.backbone.mean, net.backbone.std))
-        logits = masking_logits(net.class_scores, x, labels, np.asarray(record.labels) - 1)
+        logits = label_masking_logits(image, labels, np.asarray(record.labels) - 1, net)
         total += masking_criterion(**logits)
         images += 1
     criterion = total / max(images, 1)

@@ -267,8 +267,15 @@ def image_masking_logits(image: np.ndarray, scores: np.ndarray, classes, net, sc
     ``classes`` (0-based) at ``thresholds`` (none: ``full`` and ``blank`` only), both :func:`rescaled`
     by ``scale`` first."""
     image, scores = rescaled(image, scores, scale)
+    return label_masking_logits(image, threshold_labels(scores, thresholds), classes, net, device)
+
+
+def label_masking_logits(image: np.ndarray, labels: np.ndarray, classes, net,
+                         device: str = "cpu") -> dict[str, np.ndarray]:
+    """:func:`masking_logits` of one RGB uint8 ``image`` and (T, H, W) label maps of its size (0
+    background, ``k`` the ``k``-th of the tagged ``classes``) asked of ``net``, a CAM classifier."""
     x = torch.from_numpy(normalize(image, net.backbone.mean, net.backbone.std)).to(device)
-    return masking_logits(net.class_scores, x, threshold_labels(scores, thresholds), classes)
+    return masking_logits(net.class_scores, x, labels, classes)
 
 
 def masking_of(folder: Path, dataset, net, device: str = "cpu", count: int = SAMPLE,
