@@ -220,6 +220,11 @@ def histogram_of(folder: Path, ids: list[str], workers: int = 1) -> np.ndarray:
     return histogram
 
 
+def recorded_threshold(manifest: dict) -> float | None:
+    """The label-free threshold a score stage's manifest records, None when it has none."""
+    return (manifest.get("label_free") or {}).get("threshold")
+
+
 def otsu_of(folder: Path, ids: list[str], workers: int = 1) -> float:
     """Otsu's threshold of a folder of score maps."""
     return otsu(histogram_of(folder, ids, workers))

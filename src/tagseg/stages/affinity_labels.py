@@ -21,7 +21,7 @@ from tagseg.data.dataset import Dataset, Record
 from tagseg.data.imageio import IGNORE_INDEX, read_image, read_mask, write_mask
 from tagseg.data.imageio import image_size as image_dimensions
 from tagseg.errors import StageError
-from tagseg.label_free import histogram_of, score_floor
+from tagseg.label_free import histogram_of, recorded_threshold, score_floor
 from tagseg.progress import parallel_map
 from tagseg.refine.affinity_labels import affinity_seed_labels
 from tagseg.refine.crf import CrfParams
@@ -62,7 +62,7 @@ def resolve_thresholds(fg_threshold: float | None, bg_threshold: float | None, s
     and seeds without background."""
     fg = fg_threshold
     if fg is None:
-        fg = source.get("label_free", {}).get("threshold")
+        fg = recorded_threshold(source)
         if fg is None:
             raise StageError(f"{stage}: the source stage '{source_name}' has no label-free threshold "
                              "in its manifest; set fg_threshold")

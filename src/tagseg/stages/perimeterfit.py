@@ -25,7 +25,7 @@ from tagseg.data.dataset import Dataset
 from tagseg.data.imageio import read_mask
 from tagseg.errors import StageError
 from tagseg.evaluate import DEFAULT_THRESHOLDS, GroundTruth, score_stage, score_stage_fields
-from tagseg.label_free import Method as LabelFreeMethod, otsu_of
+from tagseg.label_free import Method as LabelFreeMethod, otsu_of, recorded_threshold
 from tagseg.metrics import ThresholdSweep
 from tagseg.progress import parallel_map
 from tagseg.refine.perimeterfit import Combination, combine, fit_masks, perimeter_regions, region_minimum
@@ -134,7 +134,7 @@ def perimeterfit(dataset: Dataset, run: Path, config: PerimeterFitConfig, *, dev
                     **dataset.identity()}
     if config.thresholds is None and (config.search == "label_free" or not has_masks):
         # the fit follows the CAM's label-free threshold: a new one refits
-        stage_config["cams_threshold"] = (cam_manifest.get("label_free") or {}).get("threshold")
+        stage_config["cams_threshold"] = recorded_threshold(cam_manifest)
     with stage_dir(run, STAGE, stage_config, force=force, collective=True) as stage:
         record_skipped(stage, dataset)
         thresholds = stage.agree("thresholds", lambda: _choose_thresholds(
@@ -164,7 +164,7 @@ def perimeterfit(dataset: Dataset, run: Path, config: PerimeterFitConfig, *, dev
                                       input_scales([1.0], image_size)[0])
 
         score_stage(stage, computed, {"method": config.label_free,
-                                      "cams_threshold": (cam_manifest.get("label_free") or {}).get("threshold")},
+                                      "cams_threshold": recorded_threshold(cam_manifest)},
                     score)
         return stage.manifest
 
@@ -176,7 +176,7 @@ def from_cams(cam_manifest: dict, cam_dir: Path, dataset: Dataset, combination: 
     Pixels the fit keeps then need half the CAM's evidence (``silop``). ``search: label_free`` also
     fits at this threshold: fitting at the CAM's own one would keep only regions whose pixels all
     pass it already, and the ``silop`` output would equal the CAM."""
-    cams = (cam_manifest.get("label_free") or {}).get("threshold")
+    cams = recorded_threshold(cam_manifest)
     if cams is None:
         cams = otsu_of(cam_dir, dataset.ids, workers)
     return {"method": "from_cams", "threshold": combined_threshold(cams, combination), "cams_threshold": cams}

@@ -24,6 +24,7 @@ from tagseg.data.dataset import Dataset
 from tagseg.data.imageio import IGNORE_INDEX, read_image, write_mask
 from tagseg.errors import StageError
 from tagseg.evaluate import GroundTruth, evaluate_masks
+from tagseg.label_free import recorded_threshold
 from tagseg.metrics import labels_from_scores
 from tagseg.progress import parallel_map
 from tagseg.refine.crf import crf_labels
@@ -52,7 +53,7 @@ def source_threshold(source: dict, choice: float | str, source_path: Path) -> fl
     """The background threshold to use: ``choice`` itself, or the one the source stage recorded."""
     if not isinstance(choice, str):
         return float(choice)
-    recorded = source.get("label_free", {}).get("threshold") if choice == "label_free" else source.get("threshold")
+    recorded = recorded_threshold(source) if choice == "label_free" else source.get("threshold")
     if recorded is None:
         why = "was scored without ground-truth masks" if choice == "oracle" else "recorded none"
         raise StageError(f"pseudo_labels: {source_path} has no {choice} threshold (it {why}); "

@@ -30,7 +30,7 @@ from tagseg.data.dataset import Dataset
 from tagseg.data.imageio import read_image
 from tagseg.data.transforms import resize, to_batch
 from tagseg.evaluate import score_stage, score_stage_fields
-from tagseg.label_free import Method as LabelFreeMethod, histogram_of, matched_area, otsu
+from tagseg.label_free import Method as LabelFreeMethod, histogram_of, matched_area, otsu, recorded_threshold
 from tagseg.models.affinity import AffinityModel, BoundaryModel
 from tagseg.progress import parallel_map
 from tagseg.refine.random_walk import neighbor_offsets, path_affinities, random_walk, transition_matrix
@@ -166,7 +166,7 @@ def random_walk_stage(dataset: Dataset, run: Path, config: RandomWalkConfig, *, 
                                       matched if config.label_free == "masking" else None)
 
         score_stage(stage, computed, {"method": config.label_free,
-                                      "source_threshold": (source.get("label_free") or {}).get("threshold")}, score)
+                                      "source_threshold": recorded_threshold(source)}, score)
         return stage.manifest
 
 
@@ -175,7 +175,7 @@ def from_source(source: dict, source_dir: Path, walked_dir: Path, ids: list[str]
     source stage's foreground at the source's label-free threshold. The walk moves scores along
     affinities, towards object boundaries, rather than deciding how much of the image is object."""
     source_histogram = histogram_of(source_dir, ids, workers)
-    threshold = (source.get("label_free") or {}).get("threshold")
+    threshold = recorded_threshold(source)
     if threshold is None:
         threshold = otsu(source_histogram)
     return {"method": "from_source", "threshold": matched_area(source_histogram, threshold,
