@@ -23,6 +23,7 @@ import numpy as np
 
 from common import ROOT, write_result
 from tagseg.label_free import GRID, choose
+from tagseg.rundir import MANIFEST, read_manifest
 
 
 def subgrid_peak(thresholds, criterion: np.ndarray) -> float:
@@ -43,13 +44,13 @@ def subgrid_peak(thresholds, criterion: np.ndarray) -> float:
 def stage_rows(root: Path) -> list[dict]:
     """One row per distinct masking criterion under ``root``: the oracle, grid and sub-grid choices."""
     rows, seen = [], set()
-    for path in sorted(root.glob("**/manifest.json")):
-        manifest = json.loads(path.read_text())
+    for path in sorted(root.glob(f"**/{MANIFEST}")):
+        manifest = read_manifest(path.parent)
         free, curve = manifest.get("label_free") or {}, manifest.get("curve")
         criterion = free.get("criterion")
         if free.get("method") != "masking" or not criterion or not curve:
             continue
-        key = json.dumps(criterion, sort_keys=True) + json.dumps(curve[:: 10])
+        key = json.dumps(criterion, sort_keys=True) + json.dumps(curve[::10])
         if key in seen:
             continue
         seen.add(key)

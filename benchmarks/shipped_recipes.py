@@ -44,19 +44,14 @@ def differences(now, then, path: str = "") -> list[str]:
 def shipped_differences(row: dict, recipes: Path, allowed: tuple[str, ...] = ()) -> list[str]:
     """Why ``row`` is not the recipe as shipped now (empty when it is); ``--set`` overrides in ``allowed``
     are let through, and so are the differences they make."""
-    given = [key for key in row.get("set") or [] if key not in allowed]
-    if given:
-        return [f"--set {' '.join(given)}"]
+    given = row.get("set") or []
+    if any(key not in allowed for key in given):
+        return [f"--set {' '.join(key for key in given if key not in allowed)}"]
     recipe_file = recipes / f"{row['recipe']}.yaml"
     if not recipe_file.exists():
         return [f"no recipe {recipe_file.name}"]
-    configs = {name: config.model_dump(mode="json") for name, config in load_recipe(recipe_file)[1].items()}
+    configs = {name: config.model_dump(mode="json") for name, config in load_recipe(recipe_file, given)[1].items()}
     recorded = row.get("stage_configs") or {}
-    for key in row.get("set") or []:  # the allowed overrides, applied to today's configs
-        stage, _, rest = key.removeprefix("stages.").partition(".")
-        field, _, value = rest.partition("=")
-        if stage in configs:
-            configs[stage][field] = value
     extra = [f"stage {name} (not in the recipe now)" for name in recorded if name not in configs]
     return extra + [d for name in recorded if name in configs
                     for d in differences(configs[name], recorded[name], f".{name}")]
